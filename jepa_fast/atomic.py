@@ -1,0 +1,119 @@
+"""Atomic outputs: write aside, then rename, so an interrupted job never leaves a half-written result.
+
+Used by every command that writes something a later stage reads: ``generate`` (dataset folders),
+``pack`` (Zarr stores), ``train`` (checkpoints) and ``probe`` (metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from jepa_fast.errors import JepaFastError
+
+
+def check_destination(path: Path, overwrite: bool, what: str = "output") -> None:
+    """Refuse an existing, non-empty destination unless overwrite is set."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise JepaFastError(f"{what} {path} exists and is a file; choose another path or delete it")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise JepaFastError(f"{what} {path} exists and is not empty; pass --overwrite to replace it")
+
+
+def check_free_space(path: Path, needed: int, hint: str) -> None:
+    """Refuse to start a job that needs more disk than the volume of ``path`` has free."""
+    probe = Path(path).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    margin = 64 << 20
+    if needed + margin > free:
+        raise JepaFastError(f"{path}: needs {needed / 1e9:.2f} GB but only {free / 1e9:.2f} GB are free "
+                            f"on that disk; {hint}")
+
+
+def temp_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A fresh name next to ``path`` (same filesystem, so the final rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}-", dir=path.parent))
+
+
+def replace_path(tmp: Path, dest: Path) -> None:
+    """Move ``tmp`` to ``dest``, replacing whatever was there, with a window of at most one rename."""
+    dest = Path(dest)
+    old = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path, overwrite: bool = False, what: str = "output") -> Iterator[Path]:
+    """Yield a temporary folder; on success it becomes ``dest``, on any error (or SIGTERM) it is removed."""
+    dest = Path(dest)
+    check_destination(dest, overwrite, what)
+    tmp = temp_sibling(dest)
+    try:
+        with sigterm_as_exit():
+            yield tmp
+        replace_path(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(dest: Path, data: bytes) -> None:
+    """Write a small file atomically (temp file in the same folder, fsync, rename)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(dest: Path, text: str) -> None:
+    atomic_write_bytes(dest, text.encode())
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit inside the block so ``finally``/cleanup code runs (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        # somebody (e.g. the trainer) already handles SIGTERM: leave their handler in place
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

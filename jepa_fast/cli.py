@@ -1,0 +1,139 @@
+"""``jepa-fast``: the command line. Each subcommand is a thin wrapper over a library function.
+
+Errors meant for users (``JepaFastError``, including bad config values) are printed as one line,
+``error: ...``, with exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jepa_fast.errors import JepaFastError
+
+# ---------------------------------------------------------------------------------------------
+# generate / show
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="simulate the two-rooms environment and write a dataset root (all splits)",
+        description="Simulate the two-rooms environment (TWO_ROOMS_SPEC.md) and write every split of a "
+        "dataset root in the original on-disk format: <out>/<split>/{states,actions,locations}.npy.",
+    )
+    p.add_argument("--preset", default="small", help="split sizes: small (demo, ~6k trajectories), "
+                   "full (147,008 train trajectories = 2.5M frames), tiny (tests). Default: small")
+    p.add_argument("--out", required=True, type=Path, help="dataset root folder to create")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
+    p.add_argument("--dtype", default="float32", choices=["float32", "uint8"],
+                   help="float32: pdf value scale of the real data (agent peak 0.0942); uint8: x255 scale")
+    p.add_argument("--image-size", type=int, default=65, help="frame side, 65 (real data) or 64")
+    p.add_argument("--n", type=int, default=None, help="override the number of train trajectories")
+    p.add_argument("--splits", default=None,
+                   help="comma-separated subset of splits to write (default: all seven)")
+    p.add_argument("--cross-wall-rate", type=float, default=None,
+                   help="fraction of random trajectories that pass the door (default 0.1)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args) -> None:
+    from jepa_fast.config import SimConfig, dataset_preset
+    from jepa_fast.sim.generate import generate_dataset
+
+    sim_kwargs = {"image_size": args.image_size, "value_scale": "uint8" if args.dtype == "uint8" else "pdf"}
+    if args.cross_wall_rate is not None:
+        sim_kwargs["cross_wall_rate"] = args.cross_wall_rate
+    sim = SimConfig(**sim_kwargs)
+    splits = args.splits.split(",") if args.splits else None
+    ds = dataset_preset(args.preset, n_train=args.n, splits=splits)
+    summary = generate_dataset(args.out, ds, sim, seed=args.seed, dtype=args.dtype, overwrite=args.overwrite,
+                               progress=not args.no_progress)
+    frames = sum(s["n"] * s["T"] for s in summary["splits"].values())
+    print(f"wrote {len(summary['splits'])} splits, {frames:,} frames to {args.out} in {summary['seconds']:.1f} s")
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser("show", help="draw a few trajectories of a split as a PNG grid",
+                       description="Draw a grid of trajectories from a split folder (.npy) with the agent "
+                       "path overlaid, one row per trajectory.")
+    p.add_argument("split", type=Path, help="split folder holding states.npy / actions.npy / locations.npy")
+    p.add_argument("--out", type=Path, default=Path("sample.png"), help="PNG to write (default sample.png)")
+    p.add_argument("--n", type=int, default=4, help="how many trajectories (rows), default 4")
+    p.add_argument("--frames", type=int, default=6, help="frames per row, default 6")
+    p.add_argument("--start", type=int, default=0, help="index of the first trajectory shown")
+    p.set_defaults(func=_cmd_show)
+
+
+def _cmd_show(args) -> None:
+    import numpy as np
+
+    from jepa_fast.sim.generate import load_split
+    from jepa_fast.viz import trajectory_grid
+
+    if args.n < 1 or args.frames < 1:
+        raise JepaFastError("--n and --frames must be >= 1")
+    data = load_split(args.split)
+    N = len(data["states"])
+    if not 0 <= args.start < N:
+        raise JepaFastError(f"--start {args.start}: {args.split} holds {N} trajectories")
+    sel = slice(args.start, min(N, args.start + args.n))
+    locs = np.asarray(data["locations"][sel]) if "locations" in data else None
+    trajectory_grid(np.asarray(data["states"][sel]), locs, args.out, n_frames=args.frames, title=str(args.split))
+    print(f"wrote {args.out}")
+
+
+# ---------------------------------------------------------------------------------------------
+# demo: the README's main command
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole job on the small preset: simulate -> pack -> train -> probe",
+                       description="Run the main job end to end on an embedded default (the small preset). "
+                       "Re-running reuses finished stages found in --out.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for data, run and reports")
+    p.add_argument("--seed", type=int, default=0, help="random seed for data and training")
+    p.add_argument("--fresh", action="store_true", help="redo every stage even if its output exists")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> None:
+    from jepa_fast.demo import run_demo
+
+    run_demo(args.out, seed=args.seed, fresh=args.fresh)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jepa-fast",
+        description="High-throughput trainer for action-conditioned JEPA world models on two-rooms data.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate(sub)
+    _add_show(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except JepaFastError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

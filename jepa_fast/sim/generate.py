@@ -1,0 +1,178 @@
+"""Write simulated datasets in the original on-disk format (one folder per split of .npy files).
+
+A dataset root holds the seven splits of ``config.SPLITS``; each split folder has ``states.npy``
+(N, T, 2, H, W), ``actions.npy`` (N, T-1, 2) and ``locations.npy`` (N, T, 2), plus a root
+``dataset.json`` recording how it was made. Generation streams blocks of trajectories into
+``np.lib.format.open_memmap`` files (memory stays bounded whatever N is) inside a temporary folder
+that is renamed into place only when every split is complete.
+
+Determinism: block b of split s is drawn from ``SeedSequence([seed, s, b])``, so the same seed gives
+byte-identical files and each split has its own independent stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jepa_fast import atomic
+from jepa_fast.config import SPLIT_KIND, SPLITS, DatasetConfig, SimConfig, to_dict
+from jepa_fast.errors import JepaFastError
+from jepa_fast.sim import env, splits
+
+FORMAT_NAME = "two-rooms-npy"
+BLOCK_FRAMES = 4352
+"""Frames per generation block (256 trajectories of 17 frames): ~150 MB of float32 states."""
+
+
+def block_size(T: int) -> int:
+    """Trajectories per block for sequences of T frames (fixed per T: it defines the random streams)."""
+    return max(1, BLOCK_FRAMES // T)
+
+
+@dataclass
+class Block:
+    """One rendered block of a split: trajectories [start, start + N)."""
+
+    start: int
+    states: np.ndarray  # (N, T, 2, H, W) float32 | uint8
+    actions: np.ndarray  # (N, T-1, 2) float32
+    locations: np.ndarray  # (N, T, 2) float32
+    wall_x: np.ndarray  # (N,) int64
+    door_y: np.ndarray  # (N,) int64
+
+
+def iter_blocks(split: str, n: int, T: int, sim: SimConfig, seed: int, dtype: str = "float32",
+                render: bool = True, blocks: range | None = None) -> Iterator[Block]:
+    """Generate split ``split`` block by block (deterministic for a given seed, n and T).
+
+    The states of every block are rendered into one reused buffer (no page faults for fresh memory
+    per block): consume or copy ``block.states`` before asking for the next block. ``blocks`` selects
+    a range of block indices (e.g. one worker's share); by default all of them.
+    """
+    kind = SPLIT_KIND[split]
+    split_id = SPLITS.index(split)
+    bs = block_size(T)
+    buf = np.empty((min(bs, n), T, 2, sim.image_size, sim.image_size), dtype=dtype) if render else None
+    for b in blocks if blocks is not None else range(-(-n // bs)):
+        start = b * bs
+        m = min(bs, n - start)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, b]))
+        tr = splits.generate(kind, rng, sim, m, T, offset=start)
+        states = env.render(sim, tr.locations, tr.wall_x, tr.door_y, dtype=dtype, out=buf[:m]) if render else None
+        yield Block(start, states, tr.actions.astype(np.float32), tr.locations.astype(np.float32),
+                    tr.wall_x, tr.door_y)
+
+
+def split_nbytes(n: int, T: int, image_size: int, dtype: str) -> int:
+    """Bytes one split takes on disk as .npy files."""
+    item = np.dtype(dtype).itemsize
+    return n * T * 2 * image_size * image_size * item + n * (T - 1) * 2 * 4 + n * T * 2 * 4 + 3 * 128
+
+
+def dataset_nbytes(ds: DatasetConfig, sim: SimConfig, dtype: str) -> int:
+    return sum(split_nbytes(n, ds.seq_len_of(s), sim.image_size, dtype) for s, n in ds.sizes.items())
+
+
+class NpySplitWriter:
+    """Streams one split into states/actions/locations .npy files (the original format).
+
+    Each file gets its .npy header up front; blocks are then written with plain sequential
+    ``write`` calls (much cheaper than faulting in memmap pages), at the block's row offset.
+    """
+
+    def __init__(self, split_dir: Path, n: int, T: int, image_size: int, dtype: str):
+        split_dir.mkdir(parents=True, exist_ok=True)
+        shapes = {"states": ((n, T, 2, image_size, image_size), np.dtype(dtype)),
+                  "actions": ((n, T - 1, 2), np.dtype(np.float32)),
+                  "locations": ((n, T, 2), np.dtype(np.float32))}
+        self.files = {}
+        for name, (shape, dt) in shapes.items():
+            f = open(split_dir / f"{name}.npy", "wb")
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dt),
+                                                     "fortran_order": False, "shape": shape})
+            row = int(np.prod(shape[1:])) * dt.itemsize
+            self.files[name] = (f, f.tell(), row, dt)
+            f.truncate(f.tell() + n * row)  # full size now: a short file would mean a broken write
+
+    def write(self, block: Block) -> None:
+        for name in ("states", "actions", "locations"):
+            f, offset, row, dt = self.files[name]
+            arr = np.ascontiguousarray(getattr(block, name), dtype=dt)
+            f.seek(offset + block.start * row)
+            f.write(memoryview(arr).cast("B"))
+
+    def close(self) -> None:
+        for f, *_ in self.files.values():
+            f.close()
+
+
+def generate_dataset(out: Path, ds: DatasetConfig, sim: SimConfig, seed: int = 0, dtype: str = "float32",
+                     overwrite: bool = False, progress: bool = True, fmt: str = "npy",
+                     pack_options: dict | None = None) -> dict:
+    """Generate every split of ``ds`` into the dataset root ``out``; returns a summary dict.
+
+    fmt: 'npy' writes the original format; 'zarr' writes each split straight into the packed store
+    schema (``jepa_fast.data.format``) without ever holding float32 frames on disk.
+    """
+    out = Path(out)
+    if dtype not in ("float32", "uint8"):
+        raise JepaFastError(f"--dtype {dtype}: use float32 or uint8")
+    if fmt not in ("npy", "zarr"):
+        raise JepaFastError(f"--format {fmt}: use npy or zarr")
+    if dtype == "uint8" and sim.value_scale != "uint8":
+        raise JepaFastError("--dtype uint8 writes the x255 value scale; build SimConfig(value_scale='uint8')")
+    atomic.check_destination(out, overwrite, "dataset folder")
+    if fmt == "npy":
+        need = dataset_nbytes(ds, sim, dtype)
+        atomic.check_free_space(out, need, "use --dtype uint8 (4x smaller), --format zarr, or a smaller --n")
+    total_frames = sum(n * ds.seq_len_of(s) for s, n in ds.sizes.items())
+    bar = _progress(total_frames, progress)
+    t0 = time.perf_counter()
+    summary: dict = {"format": FORMAT_NAME if fmt == "npy" else "jepa-fast-zarr", "seed": seed, "dtype": dtype,
+                     "sim": to_dict(sim), "splits": {}}
+    with atomic.atomic_dir(out, overwrite, "dataset folder") as tmp:
+        for split, n in ds.sizes.items():
+            T = ds.seq_len_of(split)
+            if fmt == "npy":
+                writer = NpySplitWriter(tmp / split, n, T, sim.image_size, dtype)
+            else:
+                from jepa_fast.data import format as zformat
+
+                writer = zformat.StoreWriter.for_generation(tmp / f"{split}.zarr", n, T, sim, dtype,
+                                                            seed=seed, split=split, **(pack_options or {}))
+            for block in iter_blocks(split, n, T, sim, seed, dtype):
+                writer.write(block)
+                bar.update(len(block.actions) * T)
+            writer.close()
+            summary["splits"][split] = {"n": n, "T": T, "kind": SPLIT_KIND[split]}
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        (tmp / "dataset.json").write_text(json.dumps(summary, indent=2))
+    bar.close()
+    return summary
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", unit_scale=True, disable=not enabled, desc="generate",
+                dynamic_ncols=True)
+
+
+def load_split(split_dir: Path, mmap: bool = True) -> dict[str, np.ndarray]:
+    """Open a split folder in the original format (states/actions/locations .npy), memory-mapped."""
+    split_dir = Path(split_dir)
+    out = {}
+    for name in ("states", "actions", "locations"):
+        f = split_dir / f"{name}.npy"
+        if not f.exists():
+            if name == "locations":
+                continue
+            raise JepaFastError(f"{f}: missing; a split folder needs states.npy and actions.npy")
+        out[name] = np.load(f, mmap_mode="r" if mmap else None)
+    return out
