@@ -75,8 +75,8 @@ def atomic_dir(dest: Path, overwrite: bool = False, what: str = "output") -> Ite
         raise
 
 
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    """Write a small file atomically (temp file in the same folder, fsync, rename)."""
+def atomic_write_bytes(dest: Path, data: bytes, fsync: bool = True) -> None:
+    """Write a small file atomically (temp file in the same folder, optional fsync, rename)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
@@ -84,7 +84,8 @@ def atomic_write_bytes(dest: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

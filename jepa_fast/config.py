@@ -218,3 +218,41 @@ def dataset_preset(name: str, n_train: int | None = None, splits: list[str] | No
 def to_dict(cfg) -> dict:
     """A JSON-ready dict of a (nested) config dataclass."""
     return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing raw splits into the Zarr store (jepa_fast/data/format.py)
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """How ``jepa-fast pack`` writes a store."""
+
+    codec: str = "lz4"
+    """'lz4' (default; every stored chunk is a raw LZ4 block the GPU can inflate) or 'zstd' (smaller,
+    for archival; CPU decode only)."""
+    zstd_level: int = 3
+    """Compression level when codec='zstd' (1-22)."""
+    chunk_mib: float = 1.0
+    """Target raw size of one shard (k whole trajectories); k = round(chunk_mib MiB / trajectory bytes)."""
+    chunk_trajectories: int = 0
+    """k, trajectories per shard; 0 picks it from chunk_mib."""
+    scale: str = "sample"
+    """Per-channel quantisation scale for float input: 'sample' = 1.01 x the max over a strided sample
+    (one read pass; the pack re-runs with the exact max if any value would clip), 'exact' = the max
+    over the whole array (an extra full read pass)."""
+    workers: int = 2
+    """Threads that quantise, compress and write shards."""
+
+    def __post_init__(self) -> None:
+        _check(self.codec in ("lz4", "zstd"), f"pack.codec={self.codec!r}: use 'lz4' or 'zstd'")
+        _check(1 <= self.zstd_level <= 22, f"pack.zstd_level={self.zstd_level}: must be in 1..22")
+        _check(self.chunk_mib > 0, f"pack.chunk_mib={self.chunk_mib}: must be > 0")
+        _check(self.chunk_trajectories >= 0, f"pack.chunk_trajectories={self.chunk_trajectories}: must be >= 0")
+        _check(self.scale in ("sample", "exact"), f"pack.scale={self.scale!r}: use 'sample' or 'exact'")
+        _check(self.workers >= 1, f"pack.workers={self.workers}: must be >= 1")
+
+    def trajectories_per_shard(self, traj_bytes: int) -> int:
+        if self.chunk_trajectories:
+            return self.chunk_trajectories
+        return max(1, round(self.chunk_mib * 2**20 / traj_bytes))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from jepa_fast import atomic
-from jepa_fast.config import SPLIT_KIND, SPLITS, DatasetConfig, SimConfig, to_dict
+from jepa_fast.config import SPLIT_KIND, SPLITS, DatasetConfig, PackConfig, SimConfig, to_dict
 from jepa_fast.errors import JepaFastError
 from jepa_fast.sim import env, splits
 
@@ -114,7 +114,7 @@ class NpySplitWriter:
 
 def generate_dataset(out: Path, ds: DatasetConfig, sim: SimConfig, seed: int = 0, dtype: str = "float32",
                      overwrite: bool = False, progress: bool = True, fmt: str = "npy",
-                     pack_options: dict | None = None) -> dict:
+                     pack: PackConfig | None = None) -> dict:
     """Generate every split of ``ds`` into the dataset root ``out``; returns a summary dict.
 
     fmt: 'npy' writes the original format; 'zarr' writes each split straight into the packed store
@@ -142,10 +142,15 @@ def generate_dataset(out: Path, ds: DatasetConfig, sim: SimConfig, seed: int = 0
             if fmt == "npy":
                 writer = NpySplitWriter(tmp / split, n, T, sim.image_size, dtype)
             else:
-                from jepa_fast.data import format as zformat
+                from jepa_fast.data.format import GenerationSink
 
-                writer = zformat.StoreWriter.for_generation(tmp / f"{split}.zarr", n, T, sim, dtype,
-                                                            seed=seed, split=split, **(pack_options or {}))
+                # the simulator knows its exact maximum: both channels peak at pixel_peak (or 255)
+                peak = 255.0 if dtype == "uint8" else sim.pixel_peak
+                scale = np.full(2, 1.0 if dtype == "uint8" else peak / 255.0)
+                attrs = {"source": {"generator": "jepa-fast generate", "seed": seed, "split": split,
+                                    "sim": to_dict(sim)}}
+                writer = GenerationSink(tmp / f"{split}.zarr", n, T, sim.image_size, dtype, scale, attrs,
+                                        pack or PackConfig())
             for block in iter_blocks(split, n, T, sim, seed, dtype):
                 writer.write(block)
                 bar.update(len(block.actions) * T)

@@ -1,0 +1,27 @@
+"""Pack raw split folders into jepa-fast Zarr stores: ``python -m preprocessing.pack SRC DST``.
+
+The same as ``jepa-fast pack``; the schema and writer live in ``jepa_fast.data.format``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jepa_fast.cli import add_pack_arguments, run_pack
+from jepa_fast.errors import JepaFastError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m preprocessing.pack", description=__doc__)
+    add_pack_arguments(p)
+    try:
+        run_pack(p.parse_args(argv))
+    except JepaFastError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
