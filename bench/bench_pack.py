@@ -85,8 +85,8 @@ def main() -> None:
             shutil.rmtree(dst)
         read_s, pack_s = statistics.median(reads), statistics.median(packs)
         rows = [
-            {"stage": "plain read (readinto 64 MiB)", "frames/s": frames / read_s, "MB/s of input": nbytes / read_s / 1e6,
-             "seconds": read_s},
+            {"stage": "plain read (readinto 64 MiB)", "frames/s": frames / read_s,
+             "MB/s of input": nbytes / read_s / 1e6, "seconds": read_s},
             {"stage": "jepa-fast pack (lz4)", "frames/s": frames / pack_s, "MB/s of input": nbytes / pack_s / 1e6,
              "seconds": pack_s},
         ]
@@ -96,7 +96,8 @@ def main() -> None:
         ratio = read_s / pack_s
         size_ratio = nbytes / stored
         print(f"\npack / read speed: {ratio:.2f} (target >= 0.60: {'MET' if ratio >= 0.6 else 'NOT MET'})")
-        print(f"float32 .npy / store size: {size_ratio:.1f}x (target >= 20x: {'MET' if size_ratio >= 20 else 'NOT MET'})")
+        met = "MET" if size_ratio >= 20 else "NOT MET"
+        print(f"float32 .npy / store size: {size_ratio:.1f}x (target >= 20x: {met})")
         print_json({"bench": "pack", "frames": frames, "cache": "cold" if cold else "hot",
                     "read_fps": round(frames / read_s), "pack_fps": round(frames / pack_s),
                     "read_MBps": round(nbytes / read_s / 1e6), "pack_MBps": round(nbytes / pack_s / 1e6),

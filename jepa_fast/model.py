@@ -1,0 +1,140 @@
+"""The JEPA world model: encoder, action embedding, GRU predictor, projectors, rollout.
+
+Shapes: B batch, T frames, C = 2 channels (agent, walls), H = W = 64 or 65, D latent size, A = 2
+action size. The ``reference`` preset reproduces the public course project exactly (477,664
+trainable parameters); ``ours`` is our own design at fewer parameters (see ``config.ModelConfig``).
+
+Interface of the original evaluator: ``model(states, actions)`` with states (B, 1, C, H, W) in the
+raw value units of the .npy files and actions (B, T-1, 2) returns the predicted embeddings
+(B, T, D) for t = 0..T-1 by autoregressive rollout; ``model.repr_dim`` is D.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from jepa_fast.config import ModelConfig
+
+# ---------------------------------------------------------------------------------------------
+# Encoder
+
+
+class ConvBranch(nn.Module):
+    """One channel's CNN: n x [Conv3x3 stride 2 + BatchNorm + ReLU], AdaptiveAvgPool(4x4), Linear."""
+
+    def __init__(self, widths: tuple[int, ...], out_dim: int, in_ch: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for w in widths:
+            layers += [nn.Conv2d(in_ch, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            in_ch = w
+        self.convs = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc = nn.Linear(widths[-1] * 16, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, in_ch, H, W) -> (N, out_dim)."""
+        return self.fc(self.pool(self.convs(x)).flatten(1))
+
+
+class Encoder(nn.Module):
+    """Separate branches for the agent and the wall channel; their outputs are concatenated (D)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        half = cfg.repr_dim // 2
+        self.agent = ConvBranch(cfg.encoder_widths, half)
+        self.walls = ConvBranch(cfg.encoder_widths, cfg.repr_dim - half)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (N, C, H, W) normalised -> latents (N, D)."""
+        return torch.cat([self.agent(frames[:, 0:1]), self.walls(frames[:, 1:2])], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The world model
+
+
+class JEPA(nn.Module):
+    def __init__(self, cfg: ModelConfig | None = None):
+        super().__init__()
+        cfg = cfg or ModelConfig()
+        self.cfg = cfg
+        D = cfg.repr_dim
+        self.repr_dim = D
+        self.encoder = Encoder(cfg)
+        self.action_embed = nn.Linear(2, cfg.action_dim)
+        self.predictor = nn.GRU(D + cfg.action_dim, cfg.hidden_dim, num_layers=cfg.gru_layers, batch_first=True,
+                                dropout=cfg.gru_dropout if cfg.gru_layers > 1 else 0.0)
+        self.predictor_out = nn.Linear(cfg.hidden_dim, D)
+        self.projector = nn.Sequential(nn.Linear(D, cfg.proj_dim), nn.ReLU(inplace=True), nn.Linear(cfg.proj_dim, D))
+        # BYOL-style target projector: an EMA copy of the online one, never trained by gradients
+        self.target_projector = copy.deepcopy(self.projector)
+        for p in self.target_projector.parameters():
+            p.requires_grad_(False)
+        # raw value units -> roughly [0, 1] per channel (agent peak and wall value are 1/(2 pi sigma^2))
+        self.register_buffer("input_scale", torch.full((2,), cfg.input_scale), persistent=True)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def normalize(self, states: torch.Tensor) -> torch.Tensor:
+        """states (..., C, H, W) in raw value units -> model input."""
+        return states * self.input_scale.to(states.dtype).view(2, 1, 1)
+
+    def encode(self, states: torch.Tensor) -> torch.Tensor:
+        """states (B, T, C, H, W) raw units -> latents (B, T, D)."""
+        B, T = states.shape[:2]
+        z = self.encoder(self.normalize(states.flatten(0, 1)))  # (B*T, D)
+        return z.view(B, T, -1)
+
+    # -- training path: teacher forcing --------------------------------------------------------
+    def teacher_forcing(self, states: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All frames encoded; the GRU sees the true latent at every step.
+
+        Args: states (B, T, C, H, W) raw units; actions (B, T-1, 2).
+        Returns: predicted (B, T, D) = [s_0, predictions for t = 1..T-1] and latents s (B, T, D).
+        """
+        s = self.encode(states)  # (B, T, D)
+        a = self.action_embed(actions)  # (B, T-1, A)
+        out, _ = self.predictor(torch.cat([s[:, :-1], a], dim=-1))  # (B, T-1, hidden)
+        pred = self.predictor_out(out)  # (B, T-1, D)
+        return torch.cat([s[:, :1], pred], dim=1), s
+
+    # -- evaluation path: autoregressive rollout -----------------------------------------------
+    def rollout(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """From latent s0 (B, D), feed back each prediction with the next action.
+
+        Returns (B, T, D) with T = actions.shape[1] + 1 (t = 0 is s0).
+        """
+        a = self.action_embed(actions)  # (B, T-1, A)
+        preds = [s0]
+        h = None
+        prev = s0
+        for t in range(a.shape[1]):
+            out, h = self.predictor(torch.cat([prev, a[:, t]], dim=-1).unsqueeze(1), h)  # (B, 1, hidden)
+            prev = self.predictor_out(out[:, 0])  # (B, D)
+            preds.append(prev)
+        return torch.stack(preds, dim=1)
+
+    def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The evaluator's call: states (B, 1 or T, C, H, W) raw units, actions (B, T-1, 2) -> (B, T, D)."""
+        s0 = self.encode(states[:, :1])[:, 0]  # (B, D)
+        return self.rollout(s0, actions)
+
+    # -- target branch ------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """EMA of the online projector into the target projector (after each optimizer step)."""
+        for tp, op in zip(self.target_projector.parameters(), self.projector.parameters()):
+            tp.lerp_(op.detach(), 1.0 - momentum)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (the target projector is an EMA buffer-like copy and does not count)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(cfg: ModelConfig) -> JEPA:
+    return JEPA(cfg)
