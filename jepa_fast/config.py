@@ -331,3 +331,77 @@ class LossConfig:
             _check(getattr(self, name) >= 0, f"loss.{name}={getattr(self, name)}: must be >= 0")
         _check(self.std_target > 0, f"loss.std_target={self.std_target}: must be > 0")
         _check(self.impl in ("torch", "triton"), f"loss.impl={self.impl!r}: use 'torch' or 'triton'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data loading (jepa_fast/data/)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Physics-consistent augmentations (ARCHITECTURE.md). Each is off at probability 0."""
+
+    flip_lr: float = 0.0
+    """Probability of a left-right flip of a whole trajectory (x -> W-1-x, dx -> -dx)."""
+    flip_ud: float = 0.0
+    """Probability of an up-down flip of a whole trajectory (y -> H-1-y, dy -> -dy)."""
+    noise_p: float = 0.0
+    """Probability that a trajectory gets additive Gaussian noise (frames only)."""
+    noise_std: float = 0.02
+    """Std of that noise, in units of the channel's maximum value."""
+    brightness_p: float = 0.0
+    """Probability that a trajectory's frames are scaled by a random brightness factor."""
+    brightness_range: tuple[float, float] = (0.9, 1.1)
+    """Range of the uniform brightness factor."""
+
+    def __post_init__(self) -> None:
+        for name in ("flip_lr", "flip_ud", "noise_p", "brightness_p"):
+            v = getattr(self, name)
+            _check(0.0 <= v <= 1.0, f"augment.{name}={v}: a probability must be in [0, 1]")
+        _check(self.noise_std >= 0, f"augment.noise_std={self.noise_std}: must be >= 0")
+        lo, hi = self.brightness_range
+        _check(0 < lo <= hi, f"augment.brightness_range={self.brightness_range}: need 0 < lo <= hi")
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, n) > 0 for n in ("flip_lr", "flip_ud", "noise_p", "brightness_p"))
+
+
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "none": AugmentConfig(),
+    "flips": AugmentConfig(flip_lr=0.5, flip_ud=0.5),
+    "full": AugmentConfig(flip_lr=0.5, flip_ud=0.5, noise_p=0.5, noise_std=0.02, brightness_p=0.5),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which loader feeds the step and how (jepa_fast/data/loader.py, dali.py)."""
+
+    loader: str = "auto"
+    """'auto' (DALI on a GPU when importable, else the torch loader; on a CPU device the torch loader,
+    which measured faster than DALI's CPU mode), 'dali' or 'torch'."""
+    batch_size: int = 512
+    """Trajectories per batch, per process."""
+    seed: int = 0
+    """Seed of the sampler: the epoch permutations and every augmentation decision."""
+    shuffle: bool = True
+    """Shuffle trajectories every epoch."""
+    drop_last: bool = True
+    """Drop the last incomplete batch (static shapes for the compiled step)."""
+    resident: str = "auto"
+    """Torch fallback: 'device' holds the decoded uint8 split on the training device and gathers there;
+    'host' decodes each batch on the CPU; 'auto' = device when it fits in a quarter of its memory."""
+    workers: int = 2
+    """Decode threads (torch fallback) or DALI Python workers."""
+    prefetch: int = 2
+    """Batches prepared ahead of the step."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Augmentations."""
+
+    def __post_init__(self) -> None:
+        _check(self.loader in ("auto", "dali", "torch"), f"data.loader={self.loader!r}: use auto, dali or torch")
+        _check(self.batch_size >= 1, f"data.batch_size={self.batch_size}: must be >= 1")
+        _check(self.resident in ("auto", "device", "host"), f"data.resident={self.resident!r}: use auto, device, host")
+        _check(self.workers >= 1, f"data.workers={self.workers}: must be >= 1")
+        _check(self.prefetch >= 1, f"data.prefetch={self.prefetch}: must be >= 1")

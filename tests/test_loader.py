@@ -1,0 +1,227 @@
+"""Loaders: DALI (CPU mode) and torch agree batch for batch; sharding, resume, physics of flips, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jepa_fast.config import AUGMENT_PRESETS, DataConfig
+from jepa_fast.data import format as F
+from jepa_fast.data.batch import finish_states
+from jepa_fast.data.loader import SplitData, build_loader, dali_importable
+from jepa_fast.data.sampler import Sampler
+from jepa_fast.errors import JepaFastError
+
+needs_dali = pytest.mark.skipif(not dali_importable(), reason="nvidia-dali is not importable here")
+FIELDS = ("states", "actions", "locations", "indices", "brightness", "noise_std")
+
+
+@pytest.fixture(scope="module")
+def store(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packed") / "train.zarr"
+    F.pack_split(tiny_root / "train", out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(store):
+    return SplitData(store)
+
+
+def _clone(batch):
+    return {f: None if getattr(batch, f) is None else getattr(batch, f).clone() for f in FIELDS}
+
+
+def _epoch(loader):
+    return [_clone(b) for b in loader]
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b) and len(a) > 0
+    for x, y in zip(a, b):
+        for f in FIELDS:
+            assert torch.equal(x[f], y[f]), f
+
+
+@needs_dali
+@pytest.mark.parametrize("augment", ["none", "full"])
+def test_dali_cpu_and_torch_give_identical_batches(data, augment):
+    cfg = DataConfig(batch_size=48, seed=7, augment=AUGMENT_PRESETS[augment])
+    torch_loader = build_loader(data, DataConfig(**{**cfg.__dict__, "loader": "torch"}), torch.device("cpu"))
+    dali_loader = build_loader(data, DataConfig(**{**cfg.__dict__, "loader": "dali"}), torch.device("cpu"))
+    assert dali_loader.mode == "dali-cpu" and torch_loader.mode == "torch-host"
+    for _ in range(2):  # two epochs: the second has another permutation and other decisions
+        a, b = _epoch(torch_loader), _epoch(dali_loader)
+        _assert_same(a, b)
+    if augment == "full":
+        flipped = torch.cat([x["indices"] for x in a])
+        assert len(flipped) == 5 * 48
+
+
+def test_device_resident_and_host_modes_agree(data):
+    cfg = DataConfig(loader="torch", batch_size=64, seed=1, augment=AUGMENT_PRESETS["flips"])
+    host = build_loader(data, DataConfig(**{**cfg.__dict__, "resident": "host"}), torch.device("cpu"))
+    dev = build_loader(data, DataConfig(**{**cfg.__dict__, "resident": "device"}), torch.device("cpu"))
+    assert dev.mode == "torch-device"
+    _assert_same(_epoch(host), _epoch(dev))
+
+
+def test_batch_contract(data):
+    loader = build_loader(data, DataConfig(loader="torch", batch_size=32), torch.device("cpu"))
+    b = next(iter(loader))
+    assert b.states.shape == (32, 17, 2, 65, 65) and b.states.dtype == torch.uint8
+    assert b.actions.shape == (32, 16, 2) and b.actions.dtype == torch.float32
+    assert b.locations.shape == (32, 17, 2) and b.indices.dtype == torch.int64
+    x = finish_states(b)
+    assert x.dtype == torch.float32 and float(x.max()) == pytest.approx(0.0942, abs=5e-4)
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_two_ranks_see_disjoint_data_covering_the_epoch(drop_last):
+    n, B = 103, 8
+    seen = []
+    for rank in range(2):
+        s = Sampler(n, B, seed=5, rank=rank, world_size=2, drop_last=drop_last)
+        seen.append(np.concatenate([p.indices for p in s]))
+        assert s.epoch == 1 and s.step == 0
+    assert not set(seen[0]) & set(seen[1])
+    union = np.concatenate(seen)
+    assert len(union) == len(set(union))
+    if drop_last:
+        assert len(union) == (n // (2 * B)) * 2 * B
+    else:
+        assert sorted(union) == list(range(n))
+    # the next epoch is another permutation
+    s = Sampler(n, B, seed=5, rank=0, world_size=2)
+    assert not np.array_equal(s.plan(0, 0).indices, s.plan(1, 0).indices)
+
+
+def test_two_rank_loaders_cover_the_split(data):
+    got = []
+    for rank in range(2):
+        loader = build_loader(data, DataConfig(loader="torch", batch_size=32, drop_last=False), torch.device("cpu"),
+                              rank=rank, world_size=2)
+        got.append(torch.cat([b.indices for b in loader]).numpy())
+    assert sorted(np.concatenate(got)) == list(range(data.n))
+
+
+@pytest.mark.parametrize("kind", ["torch", pytest.param("dali", marks=needs_dali)])
+def test_resume_from_a_sampler_position_reproduces_the_rest_of_the_epoch(data, kind):
+    cfg = DataConfig(loader=kind, batch_size=32, seed=3, augment=AUGMENT_PRESETS["full"])
+    full = _epoch(build_loader(data, cfg, torch.device("cpu")))
+    first = build_loader(data, cfg, torch.device("cpu"))
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = first.sampler.state_dict()
+    assert state["step"] == 3
+    resumed = build_loader(data, cfg, torch.device("cpu"))
+    resumed.sampler.load_state_dict(state)
+    _assert_same(full[3:], _epoch(resumed))
+    assert resumed.sampler.epoch == 1 and resumed.sampler.step == 0
+
+
+def test_flips_keep_the_physics_true(data):
+    cfg = DataConfig(loader="torch", batch_size=64, seed=11, augment=AUGMENT_PRESETS["flips"])
+    raw_actions = data.actions
+    raw_loc = data.locations
+    size = data.W
+    for b in build_loader(data, cfg, torch.device("cpu")):
+        lr = b.actions[:, :, 0] * torch.from_numpy(raw_actions[b.indices.numpy()][:, :, 0]) < 0
+        for j, i in enumerate(b.indices.tolist()):
+            loc = b.locations[j].numpy()
+            frames = b.states[j].numpy()
+            # brightest agent pixel sits at the (flipped) location, every frame (0.6: uint8 ties near 0.5)
+            flat = frames[:, 0].reshape(frames.shape[0], -1).argmax(-1)
+            rows, cols = np.divmod(flat, size)
+            assert (np.abs(cols - loc[:, 0]) <= 0.6).all() and (np.abs(rows - loc[:, 1]) <= 0.6).all()
+            # the wall column is at wall_x or size-1-wall_x, consistently with the location flip
+            x_flipped = not np.allclose(loc[:, 0], raw_loc[i, :, 0])
+            y_flipped = not np.allclose(loc[:, 1], raw_loc[i, :, 1])
+            if x_flipped:
+                np.testing.assert_allclose(loc[:, 0], size - 1 - raw_loc[i, :, 0], atol=1e-5)
+            if y_flipped:
+                np.testing.assert_allclose(loc[:, 1], size - 1 - raw_loc[i, :, 1], atol=1e-5)
+            wall_rows = frames[0, 1]
+            raw_frames = data.reader.decode(i)
+            expect = raw_frames[0, 1]
+            if x_flipped:
+                expect = expect[:, ::-1]
+            if y_flipped:
+                expect = expect[::-1, :]
+            np.testing.assert_array_equal(wall_rows, expect)
+            # actions move the dot: where a step was not blocked, delta location == action
+            d = np.diff(loc, axis=0)
+            moved = np.abs(d).sum(-1) > 0
+            np.testing.assert_allclose(d[moved], b.actions[j].numpy()[moved], atol=1e-4)
+            assert (b.actions[j, :, 0] == (-1 if x_flipped else 1) * torch.from_numpy(raw_actions[i, :, 0])).all()
+        assert lr.any()
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def test_batch_larger_than_split_and_too_many_shards(data):
+    with pytest.raises(JepaFastError, match="batch size 999 is larger than the split"):
+        build_loader(data, DataConfig(loader="torch", batch_size=999), torch.device("cpu"))
+    with pytest.raises(JepaFastError, match="no full batch of 200 for each of 2 processes"):
+        build_loader(data, DataConfig(loader="torch", batch_size=200), torch.device("cpu"), rank=0, world_size=2)
+
+
+def test_wrong_schema_and_missing_store(tmp_path, store):
+    import shutil
+
+    import zarr
+
+    with pytest.raises(JepaFastError, match="not a packed store"):
+        SplitData(tmp_path / "nope.zarr")
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(store, bad)
+    zarr.open_group(str(bad), mode="r+").attrs["schema_version"] = 0
+    with pytest.raises(JepaFastError, match="schema version 0"):
+        SplitData(bad)
+
+
+def _corrupt(store, tmp_path):
+    import shutil
+
+    bad = tmp_path / "corrupt.zarr"
+    shutil.copytree(store, bad)
+    r = F.StoreReader(bad)
+    p = F.shard_path(bad, 1)
+    data = bytearray(p.read_bytes())
+    o = int(r.chunk_offset[r.k])  # first chunk of shard 1
+    data[o + 8:o + 40] = b"\xff" * 32
+    p.write_bytes(bytes(data))
+    return bad
+
+
+@pytest.mark.parametrize("kind", ["torch", pytest.param("dali", marks=needs_dali)])
+def test_corrupt_chunk_is_a_clear_error_not_a_hang(store, tmp_path, kind):
+    bad = _corrupt(store, tmp_path)
+    loader = build_loader(bad, DataConfig(loader=kind, batch_size=256, shuffle=False), torch.device("cpu"))
+    with pytest.raises(Exception, match=r"corrupt.zarr: chunk of trajectory 7 .*fails to decompress"):
+        for _ in loader:
+            pass
+
+
+def test_dali_requested_but_missing(monkeypatch, data):
+    import jepa_fast.data.loader as loader_mod
+
+    monkeypatch.setattr(loader_mod, "dali_importable", lambda: False)
+    with pytest.raises(JepaFastError, match="use --loader torch"):
+        build_loader(data, DataConfig(loader="dali", batch_size=8), torch.device("cpu"))
+    auto = build_loader(data, DataConfig(loader="auto", batch_size=8), torch.device("cpu"))
+    assert auto.mode.startswith("torch")
+
+
+@needs_dali
+def test_auto_takes_torch_on_a_cpu_device(data, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="jepa_fast.data.loader"):
+        auto = build_loader(data, DataConfig(loader="auto", batch_size=8), torch.device("cpu"))
+    assert auto.mode == "torch-host"
+    assert any("CPU device" in r.message for r in caplog.records)
