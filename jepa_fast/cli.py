@@ -179,6 +179,29 @@ def _add_inspect(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# train
+
+
+def _add_train(sub) -> None:
+    from jepa_fast.train import add_train_arguments
+
+    p = sub.add_parser("train", help="train the JEPA on a packed store (Accelerate, mixed precision, compile)",
+                       description="Train the JEPA world model. For several processes/GPUs: accelerate "
+                       "launch -m jepa_fast.train DATA ... (or torchrun --nproc_per_node N -m jepa_fast.train).")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> None:
+    import logging
+
+    from jepa_fast.train import run_train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run_train(args)
+
+
+# ---------------------------------------------------------------------------------------------
 # demo: the README's main command
 
 
@@ -211,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show(sub)
     _add_pack(sub)
     _add_inspect(sub)
+    _add_train(sub)
     _add_demo(sub)
     return parser
 

@@ -282,6 +282,11 @@ class ModelConfig:
     """Dropout between GRU layers (training only)."""
     proj_dim: int = 128
     """Hidden width of the projector MLP."""
+    static_walls: bool = True
+    """Encode the wall channel once per trajectory and broadcast it over T. Exact when the wall image
+    is constant over a trajectory (true of the two-rooms data, spec §1, and checked at pack time: the
+    trainer turns this off for a store whose attrs say otherwise). Halves the wall branch's cost ~T x;
+    the only difference is BatchNorm's running-variance correction (B vs B*T samples)."""
     input_scale: float = 10.6165
     """Multiplies raw frame values before the encoder: 1 / (1 / (2 pi 1.3^2)) maps the real data's
     agent peak and wall value (0.0942) to 1."""
@@ -405,3 +410,147 @@ class DataConfig:
         _check(self.resident in ("auto", "device", "host"), f"data.resident={self.resident!r}: use auto, device, host")
         _check(self.workers >= 1, f"data.workers={self.workers}: must be >= 1")
         _check(self.prefetch >= 1, f"data.prefetch={self.prefetch}: must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (jepa_fast/train.py)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation recipe and the loop's cadences."""
+
+    epochs: int = 15
+    """Passes over the training split (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Optimizer steps in the whole run (sets the LR schedule's length); -1 = epochs x steps per epoch."""
+    lr: float = 5e-4
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """Cosine annealing per step from lr down to min_lr_ratio x lr."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the cosine."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    ema_momentum: float = 0.996
+    """Momentum of the EMA target projector, updated after each optimizer step."""
+    precision: str = "bf16"
+    """Accelerate mixed precision: 'bf16', 'fp16' or 'no' (fp32)."""
+    compile: str = "auto"
+    """torch.compile the step's model computation as one graph: 'on', 'off', or 'auto' (on for CUDA;
+    off on CPU, where it measured no faster than eager and costs ~60 s of compilation on 2 cores)."""
+    log_every: int = 20
+    """Steps between log lines (the only host syncs of the loop); also the NaN/SIGTERM check cadence
+    with several processes."""
+    save_every: int = 500
+    """Steps between checkpoints (-1 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    seed: int = 0
+    """Seed of model init and of torch's RNG (dropout, noise)."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs={self.epochs}: must be >= 1")
+        _check(self.max_steps == -1 or self.max_steps >= 1, f"train.max_steps={self.max_steps}: -1 or >= 1")
+        _check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        _check(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps}: must be >= 0")
+        _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay}: must be >= 0")
+        _check(self.grad_clip >= 0, f"train.grad_clip={self.grad_clip}: must be >= 0")
+        _check(0 <= self.ema_momentum < 1, f"train.ema_momentum={self.ema_momentum}: must be in [0, 1)")
+        _check(self.precision in ("bf16", "fp16", "no"), f"train.precision={self.precision!r}: use bf16, fp16, no")
+        _check(self.compile in ("auto", "on", "off"), f"train.compile={self.compile!r}: use auto, on, off")
+        _check(self.log_every >= 1, f"train.log_every={self.log_every}: must be >= 1")
+        _check(self.save_every == -1 or self.save_every >= 1, f"train.save_every={self.save_every}: -1 or >= 1")
+        _check(self.keep_checkpoints >= 1, f"train.keep_checkpoints={self.keep_checkpoints}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs; saved resolved in the run folder and in every checkpoint."""
+
+    preset: str = "reference"
+    """The preset the values started from."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _run_presets() -> dict[str, RunConfig]:
+    ref = RunConfig(preset="reference", model=model_preset("reference"), data=DataConfig(batch_size=512))
+    return {
+        # the public course project's recipe: AdamW 5e-4 / wd 1e-4, batch 512, 15 epochs, cosine to 0.1x,
+        # clip 1.0, EMA 0.996, loss weights 5/5/1/1
+        "reference": ref,
+        # the demo: the reference model and recipe, scaled to a few minutes on 2 CPU cores
+        "small": dataclasses.replace(
+            ref, preset="small", data=DataConfig(batch_size=64),
+            train=TrainConfig(epochs=6, lr=1e-3, log_every=10, save_every=-1)),
+        # tests: seconds
+        "tiny": dataclasses.replace(
+            ref, preset="tiny", data=DataConfig(batch_size=16),
+            train=TrainConfig(epochs=1, max_steps=6, lr=1e-3, log_every=2, save_every=-1, precision="no")),
+    }
+
+
+def run_preset(name: str) -> RunConfig:
+    presets = _run_presets()
+    _check(name in presets, f"preset {name!r}: unknown; choose from {', '.join(presets)}")
+    return presets[name]
+
+
+def _parse_value(text: str, current):
+    """Parse a command-line string into the type of the field's current value."""
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{text!r} is not a boolean (use true/false)")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, tuple):
+        return tuple(type(current[0])(v) if current else v for v in text.split(","))
+    return text
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Apply ``section.field=value`` overrides (e.g. ``train.lr=1e-3``, ``data.augment.flip_lr=0.5``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        key, text = item.split("=", 1)
+        cfg = _replace_path(cfg, key.strip().split("."), text.strip(), key)
+    return cfg
+
+
+def _replace_path(obj, path: list[str], text: str, key: str):
+    name = path[0]
+    if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
+        known = ", ".join(f.name for f in dataclasses.fields(obj)) if dataclasses.is_dataclass(obj) else ""
+        raise ConfigError(f"--set {key}: unknown field {name!r} (known here: {known})")
+    current = getattr(obj, name)
+    if len(path) > 1:
+        return dataclasses.replace(obj, **{name: _replace_path(current, path[1:], text, key)})
+    try:
+        value = _parse_value(text, current)
+    except (ValueError, ConfigError) as e:
+        raise ConfigError(f"--set {key}={text}: {e}") from None
+    return dataclasses.replace(obj, **{name: value})
+
+
+def run_config_from_dict(d: dict) -> RunConfig:
+    """Rebuild a RunConfig from its to_dict() form (checkpoints, config.json)."""
+    def tup(x):
+        return tuple(x) if isinstance(x, list) else x
+
+    aug = AugmentConfig(**{k: tup(v) for k, v in d["data"]["augment"].items()})
+    data = DataConfig(**{**d["data"], "augment": aug})
+    model = ModelConfig(**{k: tup(v) for k, v in d["model"].items()})
+    return RunConfig(preset=d.get("preset", "custom"), model=model, loss=LossConfig(**d["loss"]), data=data,
+                     train=TrainConfig(**d["train"]))

@@ -86,8 +86,13 @@ class JEPA(nn.Module):
     def encode(self, states: torch.Tensor) -> torch.Tensor:
         """states (B, T, C, H, W) raw units -> latents (B, T, D)."""
         B, T = states.shape[:2]
-        z = self.encoder(self.normalize(states.flatten(0, 1)))  # (B*T, D)
-        return z.view(B, T, -1)
+        x = self.normalize(states)
+        if not (self.cfg.static_walls and T > 1):
+            return self.encoder(x.flatten(0, 1)).view(B, T, -1)  # (B, T, D)
+        # the wall image is the same in every frame of a trajectory: encode it once, broadcast over T
+        agent = self.encoder.agent(x[:, :, 0:1].flatten(0, 1)).view(B, T, -1)  # (B, T, D/2)
+        walls = self.encoder.walls(x[:, 0, 1:2])  # (B, D/2)
+        return torch.cat([agent, walls[:, None].expand(B, T, walls.shape[-1])], dim=-1)  # (B, T, D)
 
     # -- training path: teacher forcing --------------------------------------------------------
     def teacher_forcing(self, states: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,8 +123,15 @@ class JEPA(nn.Module):
             preds.append(prev)
         return torch.stack(preds, dim=1)
 
-    def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The evaluator's call: states (B, 1 or T, C, H, W) raw units, actions (B, T-1, 2) -> (B, T, D)."""
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, teacher_forcing: bool = False):
+        """The evaluator's call: states (B, 1 or T, C, H, W) raw units, actions (B, T-1, 2) -> (B, T, D).
+
+        With teacher_forcing=True (the training path, through ``__call__`` so DDP's hooks run):
+        returns (pred, latents, proj_pred, proj_target), each (B, T, D).
+        """
+        if teacher_forcing:
+            pred, latents = self.teacher_forcing(states, actions)
+            return pred, latents, self.projector(pred), self.target_projector(latents)
         s0 = self.encode(states[:, :1])[:, 0]  # (B, D)
         return self.rollout(s0, actions)
 

@@ -63,6 +63,7 @@ def test_uint8_round_trip_is_exact_with_n_not_a_multiple_of_k(tmp_path, S):
     np.testing.assert_array_equal(r.actions(), actions)
     np.testing.assert_array_equal(r.locations(), locations)
     assert r.scale.tolist() == [1.0, 1.0]
+    assert r.attrs["walls_static"] is False  # random frames
     # plain zarr-python reads the same values
     import zarr
 
@@ -153,8 +154,10 @@ def test_zstd_store_round_trip_and_no_raw_blocks(tmp_path):
 
 def test_simulated_store_is_much_smaller(tmp_path, tiny_root):
     F.pack_split(tiny_root / "train", tmp_path / "t.zarr", progress=False)
-    info = F.StoreReader(tmp_path / "t.zarr").describe()
+    reader = F.StoreReader(tmp_path / "t.zarr")
+    info = reader.describe()
     assert info["ratio_vs_float32"] >= 20
+    assert reader.attrs["walls_static"] is True
     stats = info["stats"]
     assert set(stats) == {"action_mean", "action_std", "location_mean", "location_std"}
 

@@ -8,7 +8,6 @@ import torch
 
 from jepa_fast.config import AUGMENT_PRESETS, DataConfig
 from jepa_fast.data import format as F
-from jepa_fast.data.batch import finish_states
 from jepa_fast.data.loader import SplitData, build_loader, dali_importable
 from jepa_fast.data.sampler import Sampler
 from jepa_fast.errors import JepaFastError
@@ -73,7 +72,7 @@ def test_batch_contract(data):
     assert b.states.shape == (32, 17, 2, 65, 65) and b.states.dtype == torch.uint8
     assert b.actions.shape == (32, 16, 2) and b.actions.dtype == torch.float32
     assert b.locations.shape == (32, 17, 2) and b.indices.dtype == torch.int64
-    x = finish_states(b)
+    x = b.float_states()
     assert x.dtype == torch.float32 and float(x.max()) == pytest.approx(0.0942, abs=5e-4)
 
 

@@ -1,0 +1,115 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically.
+
+A checkpoint is a folder ``<run>/checkpoints/step_0001234/`` holding
+
+    state.pt       model (unwrapped from DDP and torch.compile; includes the EMA target projector),
+                   optimizer, scheduler, step, sampler position, resolved config
+    rng_<rank>.pt  each process's torch / CUDA / numpy / python RNG states
+
+It is written into ``.step_0001234.tmp`` and renamed when complete; ``latest`` names the newest.
+Only complete checkpoints are ever read.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jepa_fast import atomic
+from jepa_fast.errors import JepaFastError
+
+
+def ckpt_dir(run: Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP / torch.compile wrappers (so state-dict keys have no _orig_mod.)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def save(run: Path, step: int, state: dict, rank: int, world_size: int, barrier, keep: int) -> Path | None:
+    """Collective: every rank writes its RNG state, rank 0 writes the rest and publishes the folder."""
+    root = ckpt_dir(run)
+    name = f"step_{step:07d}"
+    tmp = root / f".{name}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    torch.save(rng_state(), tmp / f"rng_{rank}.pt")
+    barrier()
+    final = root / name
+    if rank == 0:
+        torch.save({**state, "world_size": world_size}, tmp / "state.pt")
+        atomic.replace_path(tmp, final)
+        atomic.atomic_write_text(root / "latest", name + "\n")
+        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(".step_*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier()
+    return final if rank == 0 else None
+
+
+def latest(run: Path) -> Path | None:
+    root = ckpt_dir(run)
+    pointer = root / "latest"
+    if pointer.exists():
+        p = root / pointer.read_text().strip()
+        if (p / "state.pt").exists():
+            return p
+    done = sorted(p for p in root.glob("step_*") if (p / "state.pt").exists())
+    return done[-1] if done else None
+
+
+def load(path: Path, rank: int, map_location="cpu") -> tuple[dict, dict | None]:
+    """(state, this rank's RNG state or None)."""
+    path = Path(path)
+    f = path / "state.pt"
+    if not f.exists():
+        raise JepaFastError(f"{path}: not a checkpoint (no state.pt)")
+    try:
+        state = torch.load(f, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise JepaFastError(f"{f}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    rng_file = path / f"rng_{rank}.pt"
+    rng = torch.load(rng_file, weights_only=False) if rng_file.exists() else None
+    return state, rng
+
+
+def load_model_weights(path: Path) -> tuple[dict, dict]:
+    """(model state dict, resolved config dict) of a checkpoint folder, a run folder (its latest) or a .pt."""
+    path = Path(path)
+    if path.is_dir() and not (path / "state.pt").exists():
+        found = latest(path)
+        if found is None:
+            raise JepaFastError(f"{path}: no checkpoint found (expected {ckpt_dir(path)}/step_*/state.pt)")
+        path = found
+    state, _ = load(path if path.is_dir() else path.parent, 0)
+    return state["model"], state["config"]

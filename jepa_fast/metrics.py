@@ -1,0 +1,123 @@
+"""Training metrics without per-step host syncs.
+
+The loop hands device tensors to ``MetricLogger.accumulate`` every step (no ``.item()``); only
+``MetricLogger.log`` (every ``log_every`` steps) moves numbers to the host: that is the loop's one
+intentional sync point. It writes one JSONL record, the TensorBoard scalars (through Accelerate's
+trackers) and the log line:
+
+    step 00120/20000 | loss 1.2345 | sim ... std ... cov ... raw ... | 4.31 ms | 59,400 samples/s | ...
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+# dense bf16 peak FLOP/s of GPUs we know (for MFU); elsewhere MFU is not reported
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class MetricLogger:
+    def __init__(self, jsonl: Path | None, total_steps: int, frames_per_step: int, seq_len: int,
+                 device: torch.device, flops_per_step: float | None = None, accelerator=None, is_main: bool = True):
+        self.jsonl = Path(jsonl) if jsonl else None
+        self.total, self.frames_per_step, self.seq_len = total_steps, frames_per_step, seq_len
+        self.device, self.accelerator, self.is_main = device, accelerator, is_main
+        self.flops_per_step = flops_per_step
+        self.peak = peak_flops(device)
+        self._sums: dict[str, torch.Tensor] = {}
+        self._n = 0
+        self._wait = 0.0
+        self._t0 = time.perf_counter()
+        self.last: dict = {}
+
+    def reset_clock(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def accumulate(self, terms: dict[str, torch.Tensor], data_wait_s: float) -> None:
+        """Add this step's scalar tensors (detached, on device); no host sync."""
+        for k, v in terms.items():
+            v = v.detach().float()
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+        self._n += 1
+        self._wait += data_wait_s
+
+    def log(self, step: int, lr: float, extra: dict | None = None) -> dict:
+        """Host sync (intentional, at log cadence): average, check finiteness, write everywhere."""
+        if self._n == 0:
+            return self.last
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - self._t0
+        values = {k: float(v) / self._n for k, v in self._sums.items()}  # sync point
+        if not all(math.isfinite(v) for v in values.values()):
+            raise NonFiniteLoss(f"loss became NaN/Inf between steps {step - self._n + 1} and {step}")
+        ms = 1e3 * elapsed / self._n
+        rec = {"step": step, **values, "lr": lr, "ms_per_step": ms,
+               "frames_per_s": self.frames_per_step * self._n / elapsed,
+               "samples_per_s": self.frames_per_step * self._n / elapsed / self.seq_len,
+               "data_wait_pct": 100.0 * self._wait / elapsed}
+        if self.device.type == "cuda":
+            rec["mem_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
+        if self.flops_per_step and self.peak:
+            rec["mfu_pct"] = 100.0 * self.flops_per_step * self._n / elapsed / self.peak
+        rec.update(extra or {})
+        if self.is_main:
+            if self.jsonl:
+                with open(self.jsonl, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            if self.accelerator is not None:
+                self.accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
+        self._sums, self._n, self._wait = {}, 0, 0.0
+        self._t0 = time.perf_counter()
+        self.last = rec
+        return rec
+
+    def line(self, rec: dict) -> str:
+        width = len(str(self.total))
+        parts = [f"step {rec['step']:0{width}d}/{self.total}", f"loss {rec['loss']:.4f}",
+                 f"sim {rec['sim']:.4f} std {rec['std']:.4f} cov {rec['cov']:.4f} raw {rec['raw']:.4f}",
+                 f"{rec['ms_per_step']:.2f} ms", f"{rec['samples_per_s']:,.0f} samples/s",
+                 f"{rec['frames_per_s']:,.0f} frames/s"]
+        if "mfu_pct" in rec:
+            parts.append(f"mfu {rec['mfu_pct']:.1f}%")
+        parts.append(f"data {rec['data_wait_pct']:.1f}%")
+        if "mem_gib" in rec:
+            parts.append(f"mem {rec['mem_gib']:.1f}GiB")
+        return " | ".join(parts)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(jsonl: Path, out: Path) -> None:
+    """loss.png: every loss term over steps."""
+    import numpy as np
+
+    from jepa_fast.viz import line_plot
+
+    recs = read_jsonl(jsonl)
+    if not recs:
+        return
+    steps = np.array([r["step"] for r in recs])
+    series = {k: (steps, np.array([r[k] for r in recs])) for k in ("loss", "sim", "std", "cov", "raw")}
+    line_plot(series, out, "step", "value", title="training loss terms", logy=True)

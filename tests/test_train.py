@@ -1,0 +1,198 @@
+"""The training loop: learning, bf16, exact resume, two processes, SIGTERM, NaN, one compiled graph."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from jepa_fast import checkpoint as ckpt
+from jepa_fast.config import LossConfig, TrainConfig, apply_overrides, run_preset
+from jepa_fast.data import format as F
+from jepa_fast.errors import JepaFastError
+from jepa_fast.train import forward_loss, train
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def packed(tiny_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("packed")
+    F.pack_split(tiny_root / "train", root / "train.zarr", progress=False)
+    return root
+
+
+def _run(**train_kw):
+    base = run_preset("tiny")
+    return dataclasses.replace(base, train=dataclasses.replace(base.train, **train_kw))
+
+
+def _params(run_dir):
+    state, _ = ckpt.load(ckpt.latest(run_dir), 0)
+    return state["model"]
+
+
+def test_loss_decreases(packed, tmp_path):
+    run = _run(max_steps=40, log_every=5, lr=2e-3)
+    train(run, packed, tmp_path / "r", progress=False)
+    recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    first, last = recs[0]["loss"], recs[-1]["loss"]
+    assert last < 0.9 * first, (first, last)
+    assert (tmp_path / "r" / "loss.png").exists() and (tmp_path / "r" / "config.json").exists()
+    state, _ = ckpt.load(ckpt.latest(tmp_path / "r"), 0)
+    assert not any("_orig_mod" in k or k.startswith("module.") for k in state["model"])
+    assert state["step"] == 40 and state["sampler"]["step"] >= 0 and state["config"]["preset"] == "tiny"
+    assert "target_projector.0.weight" in state["model"]  # the EMA branch is saved too
+
+
+def test_bf16_autocast_on_cpu(packed, tmp_path, monkeypatch):
+    seen = {}
+    import jepa_fast.model as model_mod
+
+    real = model_mod.ConvBranch.forward
+
+    def spy(self, x):
+        out = real(self, x)
+        seen["dtype"] = out.dtype
+        return out
+
+    monkeypatch.setattr(model_mod.ConvBranch, "forward", spy)
+    out = train(_run(max_steps=3, precision="bf16"), packed, tmp_path / "r", progress=False)
+    assert seen["dtype"] == torch.bfloat16
+    assert out["last"]["loss"] == out["last"]["loss"]  # finite
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(packed, tmp_path):
+    torch.use_deterministic_algorithms(True)
+    try:
+        run = apply_overrides(_run(max_steps=8, log_every=2), ["data.augment.flip_lr=0.5", "data.augment.noise_p=0.5"])
+        train(run, packed, tmp_path / "full", progress=False)
+        out = train(run, packed, tmp_path / "cut", stop_at_step=3, progress=False)
+        assert out["step"] == 3
+        train(run, packed, tmp_path / "cut", resume=True, progress=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    a, b = _params(tmp_path / "full"), _params(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_refuses_to_overwrite_a_run_and_resume_needs_one(packed, tmp_path):
+    train(_run(max_steps=2), packed, tmp_path / "r", progress=False)
+    with pytest.raises(JepaFastError, match="pass --resume"):
+        train(_run(max_steps=2), packed, tmp_path / "r", progress=False)
+    with pytest.raises(JepaFastError, match="no checkpoint"):
+        train(_run(max_steps=2), packed, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(packed, tmp_path, monkeypatch):
+    import jepa_fast.train as train_mod
+
+    real = train_mod.jepa_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        if calls["n"] > 5:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "jepa_loss", poisoned)
+    run = _run(max_steps=10, log_every=2, save_every=4)
+    with pytest.raises(JepaFastError, match=r"NaN/Inf between steps 5 and 6.*step_0000004"):
+        train(run, packed, tmp_path / "r", progress=False)
+    assert ckpt.latest(tmp_path / "r").name == "step_0000004"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(packed, tmp_path):
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "jepa_fast.train", str(packed), "--preset", "tiny", "--steps", "100000",
+           "--out", str(out), "--no-progress", "--set", "train.log_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, text
+    assert "SIGTERM: checkpoint saved" in text
+    saved = ckpt.latest(out)
+    step = int(saved.name.split("_")[1])
+    assert 0 < step < 100000
+    # and the run continues from there
+    r = train(apply_overrides(_run(max_steps=100000), []), packed, out, resume=True, stop_at_step=step + 2,
+              progress=False)
+    assert r["step"] == step + 2
+
+
+def test_compiled_step_is_one_graph():
+    """Dynamo traces the whole step (encoder, GRU, projectors, loss) with fullgraph=True: no break."""
+    from jepa_fast.config import model_preset
+    from jepa_fast.model import JEPA
+
+    torch._dynamo.reset()
+    torch._dynamo.config.allow_rnn = True
+    model = JEPA(model_preset("reference"))
+    fn = torch.compile(forward_loss, fullgraph=True, backend="eager")
+    B, T = 4, 5
+    states = torch.randint(0, 255, (B, T, 2, 65, 65), dtype=torch.uint8)
+    args = (states, torch.randn(B, T - 1, 2), torch.full((2,), 0.00037), torch.ones(B), torch.zeros(B))
+    for impl in ("torch", "triton"):
+        terms = fn(model, *args, LossConfig(impl=impl), False)
+        terms["loss"].backward()
+        assert torch.isfinite(terms["loss"])
+
+
+_TWO_RANKS = textwrap.dedent("""
+    import json, os, sys, torch
+    import jepa_fast.train as T
+    from jepa_fast.config import run_preset, apply_overrides
+    real = T.build_loader
+    seen = []
+    class Recording:
+        def __init__(self, inner):
+            self.inner, self.sampler, self.mode = inner, inner.sampler, inner.mode
+        def __len__(self):
+            return len(self.inner)
+        def __iter__(self):
+            for b in self.inner:
+                seen.extend(b.indices.tolist())
+                yield b
+    T.build_loader = lambda *a, **k: Recording(real(*a, **k))
+    run = apply_overrides(run_preset("tiny"), ["train.max_steps=6", "data.batch_size=8"])
+    out = T.train(run, sys.argv[1], sys.argv[2], progress=False)
+    rank = int(os.environ["RANK"])
+    # parameters (trainable + EMA target); BatchNorm running stats are per-rank buffers that DDP
+    # re-broadcasts from rank 0 at every forward, and rank 0's are the ones checkpointed
+    params = {k: v.tolist() for k, v in out["model"].named_parameters()}
+    json.dump({"seen": seen, "params": params}, open(os.path.join(sys.argv[2], f"rank_{rank}.json"), "w"))
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_see_disjoint_data_and_end_identical(packed, tmp_path):
+    script = tmp_path / "two.py"
+    script.write_text(_TWO_RANKS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29533", str(script), str(packed), str(tmp_path / "r")], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r0 = json.loads((tmp_path / "r" / "rank_0.json").read_text())
+    r1 = json.loads((tmp_path / "r" / "rank_1.json").read_text())
+    assert len(r0["seen"]) == len(r1["seen"]) == 6 * 8
+    assert not set(r0["seen"]) & set(r1["seen"])  # disjoint shards
+    assert r0["params"] == r1["params"]  # DDP kept the replicas identical, EMA target included
+    assert ckpt.load(ckpt.latest(tmp_path / "r"), 0)[0]["world_size"] == 2
+    assert (ckpt.latest(tmp_path / "r") / "rng_1.pt").exists()
