@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from jepa_fast import checkpoint as ckpt
-from jepa_fast.config import LossConfig, TrainConfig, apply_overrides, run_preset
+from jepa_fast.config import LossConfig, apply_overrides, run_preset
 from jepa_fast.data import format as F
 from jepa_fast.errors import JepaFastError
 from jepa_fast.train import forward_loss, train
