@@ -91,8 +91,9 @@ class _Stop:
 
 
 def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_step: int | None = None,
-          progress: bool = True) -> dict:
-    """Train; returns a summary. ``stop_at_step`` ends the loop early (as an interruption would)."""
+          progress: bool = True, profile: Path | None = None) -> dict:
+    """Train; returns a summary. ``stop_at_step`` ends the loop early (as an interruption would);
+    ``profile`` writes a torch.profiler (Chrome) trace of steps 3-6 there."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -191,6 +192,14 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
 
     stop_reason = "done"
     compile_s = None
+    prof = None
+    if profile is not None and is_main:
+        from torch.profiler import ProfilerActivity, schedule
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        prof = torch.profiler.profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=4, repeat=1),
+                                      on_trace_ready=lambda p: p.export_chrome_trace(str(profile)))
+        prof.start()
     t_start = time.perf_counter()
     with _Stop() as stop:
         try:
@@ -216,6 +225,8 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
                     optimizer.zero_grad(set_to_none=True)
                     ckpt.unwrap(model).update_target(run.train.ema_momentum)
                     step += 1
+                    if prof is not None:
+                        prof.step()
                     if compile_s is None and compile_on:
                         compile_s = time.perf_counter() - t_step  # first step = compile + one step
                         if is_main:
@@ -243,6 +254,8 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
                         break
                 if stop_reason != "done":
                     break
+            if prof is not None:
+                prof.stop()
             metrics.log(step, scheduler.get_last_lr()[0])
             final = save_checkpoint()
         except NonFiniteLoss as e:
