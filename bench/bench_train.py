@@ -17,7 +17,6 @@ Targets (issue 6): >= 3x on the 2-core CPU; on one H100 >= 10x and an epoch of 2
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import tempfile
 import time

@@ -202,6 +202,30 @@ def _cmd_train(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# bench
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run the benchmarks in bench/ and write a dated report",
+                       description="Run every benchmark (or --only some) and write bench/results/report_*.md. "
+                       "Needs a source checkout (the bench/ folder).")
+    p.add_argument("--only", default=None,
+                   help="comma-separated subset: generate,pack,loader,vicreg,train,probe,quality")
+    p.add_argument("--skip", default="", help="comma-separated benches to skip")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> None:
+    try:
+        from bench.run_all import main as run_all
+    except ImportError:
+        raise JepaFastError("jepa-fast bench needs the bench/ folder of a source checkout; run it from there") from None
+    argv = (["--only", args.only] if args.only else []) + (["--skip", args.skip] if args.skip else [])
+    if run_all(argv) != 0:
+        raise JepaFastError("some benchmarks failed; see the report")
+
+
+# ---------------------------------------------------------------------------------------------
 # demo: the README's main command
 
 
@@ -235,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pack(sub)
     _add_inspect(sub)
     _add_train(sub)
+    _add_bench(sub)
     _add_demo(sub)
     return parser
 
