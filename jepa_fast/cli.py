@@ -202,6 +202,33 @@ def _cmd_train(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# probe
+
+
+def _add_probe(sub) -> None:
+    p = sub.add_parser("probe", help="the course project's probing evaluation of a trained checkpoint",
+                       description="Probe a checkpoint (or a run folder: its latest checkpoint) with the original "
+                       "protocol on probe_normal, probe_wall, wall_other and expert; writes metrics.txt (original "
+                       "format), metrics.json and plots.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (step_*) or run folder")
+    p.add_argument("--data", type=Path, required=True, help="packed dataset root with the probe_* stores")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/probe)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="re-run the model on every prober batch, like the original evaluator (slow; same numbers)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args) -> None:
+    from jepa_fast.config import ProbeConfig
+    from jepa_fast.probe import format_table, run_probe
+
+    r = run_probe(args.checkpoint, args.data, args.out, ProbeConfig(cache=not args.no_cache), args.device)
+    print(format_table(r["losses"]))
+    print(f"probed in {r['seconds']:.1f} s; metrics.txt, metrics.json and plots in {r['out']}")
+
+
+# ---------------------------------------------------------------------------------------------
 # bench
 
 
@@ -259,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pack(sub)
     _add_inspect(sub)
     _add_train(sub)
+    _add_probe(sub)
     _add_bench(sub)
     _add_demo(sub)
     return parser

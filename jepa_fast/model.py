@@ -105,6 +105,8 @@ class JEPA(nn.Module):
         a = self.action_embed(actions)  # (B, T-1, A)
         out, _ = self.predictor(torch.cat([s[:, :-1], a], dim=-1))  # (B, T-1, hidden)
         pred = self.predictor_out(out)  # (B, T-1, D)
+        if self.cfg.residual_predictor:
+            pred = pred + s[:, :-1]
         return torch.cat([s[:, :1], pred], dim=1), s
 
     # -- evaluation path: autoregressive rollout -----------------------------------------------
@@ -119,21 +121,30 @@ class JEPA(nn.Module):
         prev = s0
         for t in range(a.shape[1]):
             out, h = self.predictor(torch.cat([prev, a[:, t]], dim=-1).unsqueeze(1), h)  # (B, 1, hidden)
-            prev = self.predictor_out(out[:, 0])  # (B, D)
+            delta = self.predictor_out(out[:, 0])  # (B, D)
+            prev = prev + delta if self.cfg.residual_predictor else delta
             preds.append(prev)
         return torch.stack(preds, dim=1)
 
-    def forward(self, states: torch.Tensor, actions: torch.Tensor, teacher_forcing: bool = False):
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, train_mode: str | None = None):
         """The evaluator's call: states (B, 1 or T, C, H, W) raw units, actions (B, T-1, 2) -> (B, T, D).
 
-        With teacher_forcing=True (the training path, through ``__call__`` so DDP's hooks run):
-        returns (pred, latents, proj_pred, proj_target), each (B, T, D).
+        With train_mode='teacher' or 'rollout' (the training path, through ``__call__`` so DDP's hooks
+        run): returns (pred, latents, proj_pred, proj_target), each (B, T, D). 'teacher' feeds the GRU
+        the true latent at every step; 'rollout' feeds back its own predictions from s_0, exactly as
+        evaluation does, while the targets are still the encoder latents of every frame.
         """
-        if teacher_forcing:
+        if train_mode == "teacher":
             pred, latents = self.teacher_forcing(states, actions)
-            return pred, latents, self.projector(pred), self.target_projector(latents)
-        s0 = self.encode(states[:, :1])[:, 0]  # (B, D)
-        return self.rollout(s0, actions)
+        elif train_mode == "rollout":
+            latents = self.encode(states)  # (B, T, D)
+            pred = self.rollout(latents[:, 0], actions)  # (B, T, D)
+        elif train_mode is None:
+            s0 = self.encode(states[:, :1])[:, 0]  # (B, D)
+            return self.rollout(s0, actions)
+        else:
+            raise ValueError(f"train_mode {train_mode!r}: use 'teacher' or 'rollout'")
+        return pred, latents, self.projector(pred), self.target_projector(latents)
 
     # -- target branch ------------------------------------------------------------------------
     @torch.no_grad()

@@ -54,14 +54,15 @@ def cosine_schedule(step: int, total: int, warmup: int, min_ratio: float) -> flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def forward_loss(model, states, actions, scale, brightness, noise_std, loss_cfg, noise: bool):
+def forward_loss(model, states, actions, scale, brightness, noise_std, loss_cfg, noise: bool,
+                 prediction: str = "teacher"):
     """The step's model computation (what torch.compile captures as one graph).
 
-    states (B, T, C, H, W) uint8 -> raw units (cast, scale, brightness, noise) -> teacher-forced
-    predictions -> loss terms (a dict of scalar tensors).
+    states (B, T, C, H, W) uint8 -> raw units (cast, scale, brightness, noise) -> predictions
+    (teacher-forced or rolled out) -> loss terms (a dict of scalar tensors).
     """
     x = finish_states(states, scale, brightness, noise_std, noise=noise)  # (B, T, C, H, W) float32
-    pred, latents, proj_pred, proj_target = model(x, actions, teacher_forcing=True)
+    pred, latents, proj_pred, proj_target = model(x, actions, train_mode=prediction)
     return jepa_loss(pred, latents, proj_pred, proj_target, loss_cfg)
 
 
@@ -216,7 +217,7 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
                     t_step = time.perf_counter()
                     with accelerator.autocast():
                         terms = step_fn(model, batch.states, batch.actions, batch.scale, batch.brightness,
-                                        batch.noise_std, run.loss, noise)
+                                        batch.noise_std, run.loss, noise, run.train.prediction)
                     accelerator.backward(terms["loss"])
                     if run.train.grad_clip > 0:
                         accelerator.clip_grad_norm_(params, run.train.grad_clip)
@@ -318,7 +319,7 @@ def _flops_per_step(run: RunConfig, split: SplitData, world: int) -> float:
     x = torch.zeros(2, split.T, split.C, split.H, split.W)
     a = torch.zeros(2, split.T - 1, 2)
     with FlopCounterMode(display=False) as counter:
-        outs = model(x, a, teacher_forcing=True)
+        outs = model(x, a, train_mode=run.train.prediction)
         sum(o.float().sum() for o in outs).backward()
     return counter.get_total_flops() / 2 * run.data.batch_size * world
 
@@ -329,8 +330,9 @@ def _flops_per_step(run: RunConfig, split: SplitData, world: int) -> float:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=Path, help="packed train store, or a packed dataset root holding train.zarr")
-    p.add_argument("--preset", default="small", help="run preset: reference (the course project's recipe), "
-                   "small (demo), tiny (tests). Default: small")
+    p.add_argument("--preset", default="ours", help="run preset: ours (default: our recipe, 477,664 params), "
+                   "reference (the course project's recipe), ours-small / reference-small (minutes on a CPU), "
+                   "tiny (tests)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs, plots)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--precision", choices=["bf16", "fp16", "no"], help="mixed precision (default: preset's)")

@@ -40,15 +40,33 @@ def test_shapes_of_both_paths(S):
     assert m(states, actions[:, :5]).shape == (3, 6, 128)
 
 
-def test_rollout_step_one_equals_teacher_forced_step_one():
+def test_ours_preset_is_no_larger_than_the_reference():
+    assert count_parameters(JEPA(model_preset("ours"))) == 477_664
+
+
+@pytest.mark.parametrize("preset", ["reference", "ours"])
+def test_rollout_step_one_equals_teacher_forced_step_one(preset):
     torch.manual_seed(1)
-    m = JEPA(model_preset("reference")).eval()
+    m = JEPA(model_preset(preset)).eval()
     states = torch.rand(4, 9, 2, 65, 65) * 0.094
     actions = torch.randn(4, 8, 2)
     pred, _ = m.teacher_forcing(states, actions)
     roll = m(states[:, :1], actions)
     torch.testing.assert_close(roll[:, :2], pred[:, :2], rtol=1e-5, atol=1e-6)
     assert (roll[:, 2:] - pred[:, 2:]).abs().max() > 1e-4  # later steps differ: feedback vs truth
+
+
+def test_training_paths_return_projections():
+    torch.manual_seed(3)
+    m = JEPA(model_preset("ours")).eval()
+    states = torch.rand(2, 6, 2, 65, 65) * 0.094
+    actions = torch.randn(2, 5, 2)
+    pred_r, lat_r, pp, pt = m(states, actions, train_mode="rollout")
+    torch.testing.assert_close(pred_r, m(states[:, :1], actions))  # rollout training = evaluation path
+    torch.testing.assert_close(pp, m.projector(pred_r))
+    torch.testing.assert_close(pt, m.target_projector(lat_r))
+    with pytest.raises(ValueError, match="train_mode"):
+        m(states, actions, train_mode="sideways")
 
 
 def test_ema_update_moves_target_towards_online():

@@ -148,8 +148,8 @@ def test_compiled_step_is_one_graph():
     B, T = 4, 5
     states = torch.randint(0, 255, (B, T, 2, 65, 65), dtype=torch.uint8)
     args = (states, torch.randn(B, T - 1, 2), torch.full((2,), 0.00037), torch.ones(B), torch.zeros(B))
-    for impl in ("torch", "triton"):
-        terms = fn(model, *args, LossConfig(impl=impl), False)
+    for impl, prediction in (("torch", "teacher"), ("triton", "teacher"), ("torch", "rollout")):
+        terms = fn(model, *args, LossConfig(impl=impl), False, prediction)
         terms["loss"].backward()
         assert torch.isfinite(terms["loss"])
 
