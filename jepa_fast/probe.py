@@ -170,7 +170,8 @@ def train_prober(emb: Callable[[torch.Tensor], torch.Tensor], locations: torch.T
             enc = emb(idx)  # (B, T, D)
             target = target_all[idx]  # (B, T, 2)
             if cfg.sample_timesteps < T:
-                pick = torch.stack([torch.randperm(T, generator=g)[:cfg.sample_timesteps] for _ in range(len(idx))])
+                # per sample, sample_timesteps distinct timesteps (a random permutation's head)
+                pick = torch.rand(len(idx), T, generator=g).argsort(dim=1)[:, :cfg.sample_timesteps]
                 enc = torch.gather(enc, 1, pick[..., None].expand(-1, -1, enc.shape[-1]))
                 target = torch.gather(target, 1, pick[..., None].expand(-1, -1, 2))
             for group in opt.param_groups:
