@@ -1,0 +1,75 @@
+"""The Batch contract every loader delivers, and the augmentation arithmetic loaders share.
+
+A loader delivers uint8 frames, already flipped as the sampler decided, with actions and locations
+transformed to match. Turning frames into model input (cast, per-channel scale, brightness, noise)
+is elementwise work that ``finish_states`` does on the training device, inside the compiled step,
+where it fuses with the first convolution's input read instead of moving 4x the bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Batch:
+    states: torch.Tensor  # (B, T, C, H, W) uint8 on the training device, flipped
+    actions: torch.Tensor  # (B, T-1, 2) float32, flipped to match
+    locations: torch.Tensor | None  # (B, T, 2) float32 when the split has them, flipped to match
+    indices: torch.Tensor  # (B,) int64 trajectory indices in the split
+    brightness: torch.Tensor  # (B,) float32 factor, 1 = none
+    noise_std: torch.Tensor  # (B,) float32, 0 = none, in units of the channel maximum
+    scale: torch.Tensor  # (C,) float32: value = uint8 x scale
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def float_states(self, dtype: torch.dtype = torch.float32, noise: bool = False) -> torch.Tensor:
+        """Frames in raw value units, augmented (see ``finish_states``)."""
+        return finish_states(self.states, self.scale, self.brightness, self.noise_std, dtype, noise)
+
+
+def flip_actions_locations(actions: np.ndarray, locations: np.ndarray | None, flip_lr: np.ndarray,
+                           flip_ud: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Apply trajectory flips to actions (B, T-1, 2) and locations (B, T, 2): x -> size-1-x, dx -> -dx (lr),
+    y -> size-1-y, dy -> -dy (ud). Returns new float32 arrays."""
+    a = np.array(actions, dtype=np.float32)
+    a[flip_lr, :, 0] *= -1
+    a[flip_ud, :, 1] *= -1
+    loc = None
+    if locations is not None:
+        loc = np.array(locations, dtype=np.float32)
+        loc[flip_lr, :, 0] = (size - 1) - loc[flip_lr, :, 0]
+        loc[flip_ud, :, 1] = (size - 1) - loc[flip_ud, :, 1]
+    return a, loc
+
+
+def flip_frames_(frames: np.ndarray, flip_lr: np.ndarray, flip_ud: np.ndarray) -> np.ndarray:
+    """In-place flips of selected trajectories of frames (B, T, C, H, W) (numpy reference)."""
+    for j in np.nonzero(flip_lr | flip_ud)[0]:
+        f = frames[j]
+        if flip_lr[j]:
+            f = f[..., ::-1]
+        if flip_ud[j]:
+            f = f[..., ::-1, :]
+        frames[j] = f.copy()
+    return frames
+
+
+def finish_states(states: torch.Tensor, scale: torch.Tensor, brightness: torch.Tensor, noise_std: torch.Tensor,
+                  dtype: torch.dtype = torch.float32, noise: bool = False) -> torch.Tensor:
+    """uint8 frames (B, T, C, H, W) -> raw value units with brightness (and, if ``noise``, noise) applied.
+
+    value = uint8 x scale[c] x brightness[b]; noise is drawn from torch's generator on the frames'
+    device (checkpointed with the run) with std noise_std[b] x the channel's full range (255 x scale[c]).
+    Pass noise=False when no augmentation config can produce noise: it skips a full-size randn.
+    """
+    scale = scale.to(states.device, dtype).view(1, 1, -1, 1, 1)
+    x = states.to(dtype) * (scale * brightness.to(dtype).view(-1, 1, 1, 1, 1))
+    if not noise:
+        return x
+    std = noise_std.to(dtype).view(-1, 1, 1, 1, 1) * (scale * 255)
+    return x + std * torch.randn_like(x)

@@ -1,0 +1,306 @@
+"""Loader selection, the split data both loaders read, and the plain-torch fallback loader.
+
+``build_loader`` picks DALI when it is importable (``data.loader='auto'``), else the torch loader,
+and logs the choice. Both consume the same ``Sampler`` plans and give identical ``Batch``es.
+
+The torch loader has two modes:
+* ``device``: the whole split is decoded once into one uint8 tensor on the training device; a batch
+  is an ``index_select`` plus flips there (on a GPU: no host work per step at all);
+* ``host``: each batch is decoded from the in-RAM compressed store on the CPU (numcodecs LZ4 writes
+  straight into a pinned buffer), flipped, and copied to the device asynchronously.
+A background thread prepares ``prefetch`` batches ahead either way, so the step never waits on it
+unless the loader is slower than the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jepa_fast.config import DataConfig
+from jepa_fast.data.batch import Batch, flip_actions_locations
+from jepa_fast.data.format import StoreReader
+from jepa_fast.data.sampler import Plan, Sampler
+from jepa_fast.errors import JepaFastError
+
+log = logging.getLogger(__name__)
+
+
+class SplitData:
+    """A packed split opened for loading: compressed chunks in RAM, actions and locations decoded."""
+
+    def __init__(self, path: Path, in_ram: bool = True):
+        self.path = Path(path)
+        self.reader = StoreReader(self.path)
+        if in_ram:
+            self.reader.load_to_ram()
+        self.actions = self.reader.actions()  # (N, T-1, 2) float32
+        self.locations = self.reader.locations()  # (N, T, 2) float32 or None
+        r = self.reader
+        self.n, self.T, self.C, self.H, self.W = r.n, r.T, r.C, r.H, r.W
+        self.scale = torch.tensor(r.scale, dtype=torch.float32)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int, int]:
+        return (self.T, self.C, self.H, self.W)
+
+    def decode_into(self, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray | None = None,
+                    flip_ud: np.ndarray | None = None) -> np.ndarray:
+        """Decode trajectories ``indices`` into out (len(indices), T, C, H, W) uint8, flipping as asked.
+
+        A flipped trajectory is decoded into a cache-resident scratch buffer and copied out reversed
+        (one pass over the output instead of decode + a separate flip pass).
+        """
+        tmp = np.empty(self.frame_shape, dtype=np.uint8)
+        for j, i in enumerate(indices):
+            lr = flip_lr is not None and flip_lr[j]
+            ud = flip_ud is not None and flip_ud[j]
+            if not (lr or ud):
+                self.reader.decode(int(i), out[j])
+                continue
+            v = self.reader.decode(int(i), tmp)
+            if lr:
+                v = v[..., ::-1]
+            if ud:
+                v = v[..., ::-1, :]
+            np.copyto(out[j], v)
+        return out
+
+    def small_arrays(self, plan: Plan) -> tuple[np.ndarray, np.ndarray | None]:
+        """Actions and locations of a plan's trajectories, flipped as the plan says."""
+        idx = plan.indices
+        loc = None if self.locations is None else self.locations[idx]
+        return flip_actions_locations(self.actions[idx], loc, plan.flip_lr, plan.flip_ud, self.W)
+
+
+def make_batch(plan: Plan, states: torch.Tensor, actions: np.ndarray, locations: np.ndarray | None,
+               scale: torch.Tensor, device: torch.device, non_blocking: bool = False) -> Batch:
+    def put(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=non_blocking)
+
+    return Batch(states=states, actions=put(actions), locations=None if locations is None else put(locations),
+                 indices=put(plan.indices.astype(np.int64)), brightness=put(plan.brightness),
+                 noise_std=put(plan.noise_std), scale=scale.to(device))
+
+
+# ---------------------------------------------------------------------------------------------
+# background prefetch
+
+
+class _Prefetcher:
+    """Runs ``produce(plan)`` for each plan on a background thread, ``depth`` ahead; errors re-raise here."""
+
+    _DONE = object()
+
+    def __init__(self, plans: Iterator[Plan], produce: Callable[[Plan], Batch], depth: int):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(plans, produce), daemon=True, name="jepa-prefetch")
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, plans, produce) -> None:
+        try:
+            for plan in plans:
+                if not self._put(produce(plan)):
+                    return
+            self._put(self._DONE)
+        except BaseException as e:  # surfaces in the consumer, never a silent hang
+            self._put(e)
+
+    def __iter__(self):
+        try:
+            while True:
+                item = self._q.get()
+                if item is self._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the torch fallback loader
+
+
+def _gather(src: np.ndarray, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray, flip_ud: np.ndarray) -> None:
+    """out[j] = src[indices[j]], flipped as asked (numpy copies release the GIL)."""
+    for j, i in enumerate(indices):
+        v = src[i]
+        if flip_lr[j]:
+            v = v[..., ::-1]
+        if flip_ud[j]:
+            v = v[..., ::-1, :]
+        np.copyto(out[j], v)
+
+
+class TorchLoader:
+    """The plain-torch loader: the correctness reference for DALI and the fallback where DALI is absent."""
+
+    name = "torch"
+
+    def __init__(self, data: SplitData, sampler: Sampler, device: torch.device, resident: str = "auto",
+                 prefetch: int = 2, workers: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.data, self.sampler, self.device = data, sampler, torch.device(device)
+        self.prefetch, self.workers = prefetch, workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="jepa-decode")
+        self.resident = self._choose_resident(resident)
+        self.frames: torch.Tensor | None = None
+        if self.resident == "device":
+            self.frames = self._decode_all()
+        self.mode = f"torch-{self.resident}"
+
+    def _choose_resident(self, resident: str) -> str:
+        if resident != "auto":
+            return resident
+        need = self.data.n * int(np.prod(self.data.frame_shape))
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return "device" if need < free // 4 else "host"
+        return "host"  # on CPU, decoding a batch is as fast as gathering it and holds no copy of the split
+
+    def _decode_all(self) -> torch.Tensor:
+        d = self.data
+        frames = torch.empty((d.n,) + d.frame_shape, dtype=torch.uint8, device=self.device)
+        step = 1024
+        buf = np.empty((step,) + d.frame_shape, dtype=np.uint8)
+        for a in range(0, d.n, step):
+            b = min(d.n, a + step)
+            d.decode_into(np.arange(a, b), buf[: b - a])
+            frames[a:b].copy_(torch.from_numpy(buf[: b - a]))
+        return frames
+
+    def __len__(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    def _host_buffer(self, m: int, pin: bool) -> torch.Tensor:
+        """The next buffer of a ring of reusable host buffers (fresh 70 MB allocations would cost more
+        in page faults than decoding). The ring holds prefetch + 3 buffers: the queue, the batch being
+        produced, the one the consumer holds and the one before it. So a host-mode batch on a CPU
+        device stays valid until two more batches have been taken; clone it to keep it longer."""
+        if not hasattr(self, "_ring"):
+            shape = (self.sampler.batch_size,) + self.data.frame_shape
+            self._ring = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(self.prefetch + 3)]
+            self._ring_pos = 0
+        buf = self._ring[self._ring_pos]
+        self._ring_pos = (self._ring_pos + 1) % len(self._ring)
+        return buf[:m]
+
+    def _produce(self, plan: Plan) -> Batch:
+        d = self.data
+        actions, locations = d.small_arrays(plan)
+        if self.frames is not None and self.device.type == "cpu":
+            # resident in RAM: gather with flipped views straight into a ring buffer, on worker threads
+            out = self._host_buffer(len(plan.indices), False)
+            if not (plan.flip_lr.any() or plan.flip_ud.any()):
+                torch.index_select(self.frames, 0, torch.from_numpy(plan.indices), out=out)
+                return make_batch(plan, out, actions, locations, d.scale, self.device)
+            src, dst = self.frames.numpy(), out.numpy()
+            parts = np.array_split(np.arange(len(plan.indices)), self.workers)
+            list(self._pool.map(lambda p: _gather(src, plan.indices[p], dst[p[0]:p[-1] + 1], plan.flip_lr[p],
+                                                  plan.flip_ud[p]) if len(p) else None, parts))
+            return make_batch(plan, out, actions, locations, d.scale, self.device)
+        if self.frames is not None:
+            idx = torch.from_numpy(plan.indices).to(self.device)
+            states = self.frames.index_select(0, idx)  # (B, T, C, H, W) uint8
+            lr = torch.from_numpy(plan.flip_lr).to(self.device)
+            ud = torch.from_numpy(plan.flip_ud).to(self.device)
+            if plan.flip_lr.any():
+                states[lr] = states[lr].flip(-1)
+            if plan.flip_ud.any():
+                states[ud] = states[ud].flip(-2)
+            return make_batch(plan, states, actions, locations, d.scale, self.device)
+        pin = self.device.type == "cuda"
+        host = self._host_buffer(len(plan.indices), pin)
+        out = host.numpy()
+        parts = np.array_split(np.arange(len(plan.indices)), self.workers)
+        list(self._pool.map(lambda p: d.decode_into(plan.indices[p], out[p[0]:p[-1] + 1], plan.flip_lr[p],
+                                                    plan.flip_ud[p]) if len(p) else None, parts))
+        states = host.to(self.device, non_blocking=pin)
+        return make_batch(plan, states, actions, locations, d.scale, self.device, non_blocking=pin)
+
+    def __iter__(self) -> Iterator[Batch]:
+        """One epoch from the sampler's position (the sampler advances as batches are consumed)."""
+        s = self.sampler
+        epoch, start = s.epoch, s.step
+        perm = s.permutation(epoch)
+        plans = (s.plan(epoch, k, perm) for k in range(start, s.steps_per_epoch))
+        # On a CPU device the step and the loader share the same cores, and torch ops called from a
+        # second Python thread run ~4x slower here (measured: index_select 0.4 vs 1.9 M frames/s), so
+        # the resident gather runs in the consumer's thread; everything else is prefetched.
+        batches = (map(self._produce, plans) if self.frames is not None and self.device.type == "cpu"
+                   else _Prefetcher(plans, self._produce, self.prefetch))
+        for batch in batches:
+            s.step += 1
+            yield batch
+        s.epoch, s.step = epoch + 1, 0
+
+
+# ---------------------------------------------------------------------------------------------
+# selection
+
+
+def dali_importable() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising OSError
+        return False
+    return True
+
+
+def build_loader(store: Path | SplitData, cfg: DataConfig, device: torch.device, rank: int = 0,
+                 world_size: int = 1, shuffle: bool | None = None, drop_last: bool | None = None,
+                 augment: bool = True):
+    """The loader for one split: DALI or torch per ``cfg.loader``; logs which one and why."""
+    data = store if isinstance(store, SplitData) else SplitData(store)
+    sampler = Sampler(data.n, cfg.batch_size, cfg.seed, rank, world_size,
+                      shuffle=cfg.shuffle if shuffle is None else shuffle,
+                      drop_last=cfg.drop_last if drop_last is None else drop_last,
+                      augment=cfg.augment if augment else None, name=str(data.path))
+    choice = cfg.loader
+    if choice == "auto":
+        # DALI earns its keep by decoding on the GPU; on a CPU device its CPU mode measured 2-4x slower
+        # than the torch loader (bench/results/loader_*), so 'auto' takes torch there.
+        if torch.device(device).type != "cuda":
+            choice, why = "torch", "CPU device: the torch loader is the faster one here"
+        elif dali_importable():
+            choice, why = "dali", "DALI is importable"
+        else:
+            choice, why = "torch", "nvidia-dali is not importable here"
+    else:
+        why = "requested"
+        if choice == "dali" and not dali_importable():
+            raise JepaFastError("data.loader='dali' but nvidia-dali is not importable here; install "
+                                "nvidia-dali-cuda120 or use --loader torch")
+    if choice == "dali":
+        from jepa_fast.data.dali import DaliLoader
+
+        loader = DaliLoader(data, sampler, torch.device(device), workers=cfg.workers, prefetch=cfg.prefetch)
+    else:
+        loader = TorchLoader(data, sampler, torch.device(device), resident=cfg.resident, prefetch=cfg.prefetch,
+                             workers=cfg.workers)
+    log.info("loader for %s: %s (%s)", data.path.name, loader.mode, why)
+    return loader

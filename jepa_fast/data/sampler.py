@@ -1,0 +1,125 @@
+"""The sampler: the single owner of randomness in data loading.
+
+For a seed it fixes, per epoch, the permutation of trajectories, the split of every global batch
+into disjoint per-process shards, and every augmentation decision. Loaders (DALI or torch) only
+execute its ``Plan``s, so the same seed gives the same batches whichever loader runs them, and the
+position (epoch, step) is all a checkpoint needs to resume the rest of an epoch exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from jepa_fast.config import AugmentConfig
+from jepa_fast.errors import JepaFastError
+
+
+@dataclass
+class Plan:
+    """One batch for one process: which trajectories and what to do to each."""
+
+    epoch: int
+    step: int
+    indices: np.ndarray  # (B,) int64 trajectory indices
+    flip_lr: np.ndarray  # (B,) bool
+    flip_ud: np.ndarray  # (B,) bool
+    brightness: np.ndarray  # (B,) float32 factor (1 = none)
+    noise_std: np.ndarray  # (B,) float32 (0 = none), in units of the channel maximum
+
+
+class Sampler:
+    """Seeded epochs of shuffled, sharded batches with augmentation decisions; resumable.
+
+    Global batch g of an epoch holds ``perm[g*B*W : (g+1)*B*W]``; process ``rank`` takes its
+    ``rank``-th share. With drop_last the incomplete tail is dropped (the same for every rank);
+    without it the tail is split as evenly as possible (a rank may get a smaller batch).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, drop_last: bool = True, augment: AugmentConfig | None = None,
+                 name: str = "split"):
+        if not 0 <= rank < world_size:
+            raise JepaFastError(f"sampler: rank {rank} is outside world_size {world_size}")
+        if batch_size > n:
+            raise JepaFastError(f"{name}: batch size {batch_size} is larger than the split ({n} trajectories); "
+                                "lower data.batch_size")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.augment = augment or AugmentConfig()
+        per_step = batch_size * world_size
+        self.steps_per_epoch = n // per_step if drop_last else -(-n // per_step)
+        if self.steps_per_epoch == 0:
+            raise JepaFastError(f"{name}: {n} trajectories make no full batch of {batch_size} for each of "
+                                f"{world_size} processes; use fewer processes or a smaller batch")
+        self.epoch = 0
+        self.step = 0  # next step within self.epoch
+        self._draws: tuple[int, np.ndarray] | None = None
+
+    # -- determinism --------------------------------------------------------------------------
+    def permutation(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n, dtype=np.int64)
+        return np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(self.n).astype(np.int64)
+
+    def plan(self, epoch: int, step: int, perm: np.ndarray | None = None) -> Plan:
+        """The batch of this rank at (epoch, step)."""
+        if not 0 <= step < self.steps_per_epoch:
+            raise IndexError(f"step {step} outside 0..{self.steps_per_epoch - 1}")
+        perm = self.permutation(epoch) if perm is None else perm
+        B, W = self.batch_size, self.world_size
+        chunk = perm[step * B * W:(step + 1) * B * W]
+        if len(chunk) == B * W:
+            idx = chunk[self.rank * B:(self.rank + 1) * B]
+            pos = step * B * W + self.rank * B + np.arange(len(idx))
+        else:
+            parts = np.array_split(np.arange(len(chunk)), W)
+            idx = chunk[parts[self.rank]]
+            pos = step * B * W + parts[self.rank]
+        return self._decide(epoch, idx, pos)
+
+    def _decide(self, epoch: int, idx: np.ndarray, pos: np.ndarray) -> Plan:
+        """Augmentation decisions, keyed by (seed, epoch, position in the epoch): identical on every rank/loader."""
+        a = self.augment
+        m = len(idx)
+        step = int(pos[0]) // (self.batch_size * self.world_size) if m else 0
+        if not a.enabled:
+            return Plan(epoch, step, idx, np.zeros(m, bool), np.zeros(m, bool), np.ones(m, np.float32),
+                        np.zeros(m, np.float32))
+        # one stream per epoch, indexed by position in the epoch (drawn once per epoch, then cached)
+        if self._draws is None or self._draws[0] != epoch:
+            self._draws = (epoch, np.random.default_rng([self.seed, epoch, 0xA06]).random((self.n, 5)))
+        u = self._draws[1][pos]  # (m, 5) uniform draws for this batch's positions
+        lo, hi = a.brightness_range
+        flip_lr = u[:, 0] < a.flip_lr
+        flip_ud = u[:, 1] < a.flip_ud
+        bright = np.where(u[:, 2] < a.brightness_p, lo + (hi - lo) * u[:, 3], 1.0).astype(np.float32)
+        noise = np.where(u[:, 4] < a.noise_p, a.noise_std, 0.0).astype(np.float32)
+        return Plan(epoch, step, idx, flip_lr, flip_ud, bright, noise)
+
+    # -- iteration with a position --------------------------------------------------------------
+    def __iter__(self):
+        """Plans from the current position to the end of the current epoch; then the next epoch starts."""
+        perm = self.permutation(self.epoch)
+        while self.step < self.steps_per_epoch:
+            plan = self.plan(self.epoch, self.step, perm)
+            self.step += 1
+            yield plan
+        self.epoch += 1
+        self.step = 0
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "n": self.n,
+                "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "n", "batch_size", "world_size"):
+            if state.get(key) != getattr(self, key):
+                raise JepaFastError(f"sampler state: {key}={state.get(key)} does not match this run's "
+                                    f"{getattr(self, key)}; resume with the same data and settings")
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
