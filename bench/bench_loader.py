@@ -22,45 +22,20 @@ augmentation on. One H100: >= 5M frames/s.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.common import header, print_json, print_table
+from bench.naive import drop_caches, naive_loader
 from jepa_fast.config import AUGMENT_PRESETS, DataConfig, SimConfig, dataset_preset
 from jepa_fast.data.format import pack_split
 from jepa_fast.data.loader import SplitData, build_loader, dali_importable
 from jepa_fast.sim.generate import generate_dataset
-
-
-class NaiveDataset(torch.utils.data.Dataset):
-    def __init__(self, split: Path, device):
-        self.states = np.load(split / "states.npy", mmap_mode="r")
-        self.actions = np.load(split / "actions.npy", mmap_mode="r")
-        self.device = device
-
-    def __len__(self):
-        return len(self.states)
-
-    def __getitem__(self, i):
-        return (torch.from_numpy(np.asarray(self.states[i])).float().to(self.device),
-                torch.from_numpy(np.asarray(self.actions[i])).float().to(self.device))
-
-
-def drop_caches() -> bool:
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def sync(device):
@@ -99,8 +74,7 @@ def main() -> None:
         T = 17
 
         # (a) naive ---------------------------------------------------------------------------
-        ds = NaiveDataset(work / "raw" / "train", device)
-        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True)
+        dl = naive_loader(work / "raw" / "train", args.batch, device)
 
         def naive_epoch():
             n = 0

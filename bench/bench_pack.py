@@ -13,7 +13,6 @@ Targets (issue 3): pack >= 60% of the read speed; the store >= 20x smaller than 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import tempfile
@@ -21,19 +20,10 @@ import time
 from pathlib import Path
 
 from bench.common import header, print_json, print_table
+from bench.naive import drop_caches
 from jepa_fast.config import PackConfig, SimConfig, dataset_preset
 from jepa_fast.data.format import StoreReader, pack_split
 from jepa_fast.sim.generate import generate_dataset
-
-
-def drop_caches() -> bool:
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def plain_read(path: Path) -> float:

@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.common import header, print_json, print_table
+from bench.naive import naive_loader
 from jepa_fast.config import LossConfig, SimConfig, apply_overrides, dataset_preset, model_preset, run_preset
 from jepa_fast.data.format import pack_split
 from jepa_fast.loss import jepa_loss
@@ -36,20 +36,6 @@ from jepa_fast.train import cosine_schedule, train
 T = 17
 
 
-class NaiveDataset(torch.utils.data.Dataset):
-    def __init__(self, split: Path, device):
-        self.states = np.load(split / "states.npy", mmap_mode="r")
-        self.actions = np.load(split / "actions.npy", mmap_mode="r")
-        self.device = device
-
-    def __len__(self):
-        return len(self.states)
-
-    def __getitem__(self, i):
-        return (torch.from_numpy(np.array(self.states[i])).float().to(self.device),
-                torch.from_numpy(np.array(self.actions[i])).float().to(self.device))
-
-
 def reference_loop(split: Path, batch: int, steps: int, warmup: int, device: torch.device) -> dict:
     """The reference project's training loop, as its users run it."""
     torch.manual_seed(0)
@@ -57,7 +43,7 @@ def reference_loop(split: Path, batch: int, steps: int, warmup: int, device: tor
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=1e-4)
     total = warmup + steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, total, 0, 0.1))
-    dl = torch.utils.data.DataLoader(NaiveDataset(split, device), batch_size=batch, shuffle=True, drop_last=True)
+    dl = naive_loader(split, batch, device)
     cfg = LossConfig()
     it, done, wait, t0 = iter(dl), 0, 0.0, None
     while done < total:

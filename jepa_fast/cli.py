@@ -292,11 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_command(func, args) -> int:
+    """Run an entry point's function: user errors become one line on stderr and exit status 2."""
     try:
-        args.func(args)
+        func(args)
     except JepaFastError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -304,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

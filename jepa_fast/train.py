@@ -382,13 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jepa_fast.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        run_train(args)
-    except JepaFastError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    from jepa_fast.cli import run_command
+
+    return run_command(run_train, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,19 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jepa_fast.cli import add_pack_arguments, run_pack
-from jepa_fast.errors import JepaFastError
+from jepa_fast.cli import add_pack_arguments, run_command, run_pack
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m preprocessing.pack", description=__doc__)
     add_pack_arguments(p)
-    try:
-        run_pack(p.parse_args(argv))
-    except JepaFastError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(run_pack, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -136,6 +136,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(packed, tmp_path):
     assert r["step"] == step + 2
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "train.lr=-1"], "train.lr=-1.0: must be > 0"),
+    (["--set", "train.bogus=1"], "unknown field 'bogus'"),
+    (["--set", "data.batch_size=abc"], "data.batch_size=abc"),
+    (["--preset", "huge"], "preset 'huge': unknown"),
+    (["--batch-size", "999"], "batch size 999 is larger than the split"),
+])
+def test_train_cli_bad_config_is_one_line(packed, tmp_path, capsys, args, needle):
+    from jepa_fast import cli
+
+    assert cli.main(["train", str(packed), "--out", str(tmp_path / "r"), "--preset", "tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+
+
 def test_compiled_step_is_one_graph():
     """Dynamo traces the whole step (encoder, GRU, projectors, loss) with fullgraph=True: no break."""
     from jepa_fast.config import model_preset

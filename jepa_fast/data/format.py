@@ -384,7 +384,8 @@ def open_source(src: Path) -> Source:
         raise JepaFastError(f"{src / 'states.npy'}: shape {s_shape} has rank {len(s_shape)}; expected (N, T, C, H, W)")
     N, T, C, H, W = s_shape
     if C != 2:
-        raise JepaFastError(f"{src / 'states.npy'}: {C} channels; expected 2 (agent, walls) in axis 2 of (N, T, C, H, W)")
+        raise JepaFastError(f"{src / 'states.npy'}: {C} channels; expected 2 (agent, walls) in axis 2 of "
+                            "(N, T, C, H, W)")
     if H != W:
         raise JepaFastError(f"{src / 'states.npy'}: images are {H}x{W}; expected square frames")
     if N < 1 or T < 2 or H < 8:
@@ -444,7 +445,8 @@ def _read_block(fh, source: Source, a: int, b: int, buf: np.ndarray | None = Non
     fh.seek(source.states_offset + a * row)
     got = fh.readinto(memoryview(x).cast("B"))
     if got != x.nbytes:
-        raise JepaFastError(f"{source.path / 'states.npy'}: short read at trajectory {a}; the file changed or is damaged")
+        raise JepaFastError(f"{source.path / 'states.npy'}: short read at trajectory {a}; "
+                            "the file changed or is damaged")
     return x
 
 
@@ -648,7 +650,8 @@ def pack_path(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bo
         raise JepaFastError(f"{src}: no such folder")
     splits = find_splits(src)
     if not splits:
-        raise JepaFastError(f"{src}: no split folders (folders with states.npy) found; point at a split or a dataset root")
+        raise JepaFastError(f"{src}: no split folders (folders with states.npy) found; "
+                            "point at a split or a dataset root")
     if dst.suffix == ".zarr":
         raise JepaFastError(f"{dst}: a dataset root packs into a folder of <split>.zarr stores; drop the .zarr suffix")
     for s in splits:
@@ -740,7 +743,8 @@ class StoreReader:
             off = np.where(present, idx[:m, 0], 0).astype(np.int64)
             nb = np.where(present, idx[:m, 1], 0).astype(np.int64)
             if (off + nb > size - tail).any():
-                raise JepaFastError(f"{p}: shard {s} index points past the end of the file (corrupt); re-pack the split")
+                raise JepaFastError(f"{p}: shard {s} index points past the end of the file (corrupt); "
+                                    "re-pack the split")
             self.chunk_offset[lo:hi] = off
             self.chunk_nbytes[lo:hi] = nb
             self.shard_size[s] = size

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -166,6 +167,7 @@ class TorchLoader:
         self.data, self.sampler, self.device = data, sampler, torch.device(device)
         self.prefetch, self.workers = prefetch, workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="jepa-decode")
+        weakref.finalize(self, self._pool.shutdown, wait=False)
         self.resident = self._choose_resident(resident)
         self.frames: torch.Tensor | None = None
         if self.resident == "device":
