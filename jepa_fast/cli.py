@@ -66,7 +66,8 @@ def _add_show(sub) -> None:
     p = sub.add_parser("show", help="draw a few trajectories of a split as a PNG grid",
                        description="Draw a grid of trajectories from a split folder (.npy) with the agent "
                        "path overlaid, one row per trajectory.")
-    p.add_argument("split", type=Path, help="split folder holding states.npy / actions.npy / locations.npy")
+    p.add_argument("split", type=Path, help="split folder holding states.npy / actions.npy / locations.npy, "
+                   "or a packed <split>.zarr store")
     p.add_argument("--out", type=Path, default=Path("sample.png"), help="PNG to write (default sample.png)")
     p.add_argument("--n", type=int, default=4, help="how many trajectories (rows), default 4")
     p.add_argument("--frames", type=int, default=6, help="frames per row, default 6")
@@ -82,13 +83,23 @@ def _cmd_show(args) -> None:
 
     if args.n < 1 or args.frames < 1:
         raise JepaFastError("--n and --frames must be >= 1")
-    data = load_split(args.split)
-    N = len(data["states"])
+    if (args.split / "zarr.json").exists():
+        from jepa_fast.data.format import StoreReader
+
+        reader = StoreReader(args.split)
+        N = reader.n
+        get_states = lambda sl: np.stack([reader.decode(i) for i in range(sl.start, sl.stop)])  # noqa: E731
+        all_locs = reader.locations()
+    else:
+        data = load_split(args.split)
+        N = len(data["states"])
+        get_states = lambda sl: np.asarray(data["states"][sl])  # noqa: E731
+        all_locs = data.get("locations")
     if not 0 <= args.start < N:
         raise JepaFastError(f"--start {args.start}: {args.split} holds {N} trajectories")
     sel = slice(args.start, min(N, args.start + args.n))
-    locs = np.asarray(data["locations"][sel]) if "locations" in data else None
-    trajectory_grid(np.asarray(data["states"][sel]), locs, args.out, n_frames=args.frames, title=str(args.split))
+    locs = None if all_locs is None else np.asarray(all_locs[sel])
+    trajectory_grid(get_states(sel), locs, args.out, n_frames=args.frames, title=str(args.split))
     print(f"wrote {args.out}")
 
 

@@ -127,6 +127,8 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
         from jepa_fast import atomic
 
         atomic.atomic_write_text(out / "config.json", json.dumps(to_dict(run), indent=2))
+        if not resume:  # a fresh run in a folder a crashed run left without checkpoints: start the log over
+            (out / "metrics.jsonl").unlink(missing_ok=True)
     set_seed(run.train.seed)  # same init on every process
 
     model = JEPA(run.model)

@@ -180,6 +180,8 @@ def test_pack_a_whole_root_and_generate_straight_to_zarr(tmp_path, tiny_root):
 
 def test_inspect_and_verify_cli(tmp_path, tiny_root, capsys):
     F.pack_split(tiny_root / "probe_normal" / "val", tmp_path / "v.zarr", progress=False)
+    assert cli.main(["show", str(tmp_path / "v.zarr"), "--out", str(tmp_path / "s.png"), "--n", "2"]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["inspect", str(tmp_path / "v.zarr"), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "verify              OK, 64 chunks decoded" in out and "smaller than float32" in out
