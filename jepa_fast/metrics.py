@@ -34,11 +34,13 @@ def peak_flops(device: torch.device) -> float | None:
 
 class MetricLogger:
     def __init__(self, jsonl: Path | None, total_steps: int, frames_per_step: int, seq_len: int,
-                 device: torch.device, flops_per_step: float | None = None, accelerator=None, is_main: bool = True):
+                 device: torch.device, flops_per_step: float | None = None, accelerator=None, is_main: bool = True,
+                 reduce=None):
         self.jsonl = Path(jsonl) if jsonl else None
         self.total, self.frames_per_step, self.seq_len = total_steps, frames_per_step, seq_len
         self.device, self.accelerator, self.is_main = device, accelerator, is_main
         self.flops_per_step = flops_per_step
+        self.reduce = reduce  # e.g. accelerator.reduce: average the terms over processes at log time
         self.peak = peak_flops(device)
         self._sums: dict[str, torch.Tensor] = {}
         self._n = 0
@@ -64,7 +66,11 @@ class MetricLogger:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - self._t0
-        values = {k: float(v) / self._n for k, v in self._sums.items()}  # sync point
+        keys = sorted(self._sums)
+        sums = torch.stack([self._sums[k] for k in keys])
+        if self.reduce is not None:  # every process logs at the same steps, so this collective matches up
+            sums = self.reduce(sums, reduction="mean")
+        values = {k: float(v) / self._n for k, v in zip(keys, sums.tolist())}  # sync point
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLoss(f"loss became NaN/Inf between steps {step - self._n + 1} and {step}")
         ms = 1e3 * elapsed / self._n
@@ -74,6 +80,10 @@ class MetricLogger:
                "data_wait_pct": 100.0 * self._wait / elapsed}
         if self.device.type == "cuda":
             rec["mem_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
+        else:
+            import resource
+
+            rec["mem_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS (KiB on Linux)
         if self.flops_per_step and self.peak:
             rec["mfu_pct"] = 100.0 * self.flops_per_step * self._n / elapsed / self.peak
         rec.update(extra or {})

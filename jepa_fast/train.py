@@ -174,7 +174,8 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
     frames_per_step = run.data.batch_size * T * world
     metrics = MetricLogger(out / "metrics.jsonl" if is_main else None, total, frames_per_step, T, device,
                            flops_per_step=_flops_per_step(run, split, world) if cuda else None,
-                           accelerator=accelerator if tb else None, is_main=is_main)
+                           accelerator=accelerator if tb else None, is_main=is_main,
+                           reduce=accelerator.reduce if world > 1 else None)
     if tb:
         accelerator.init_trackers("tensorboard", config=_flat(to_dict(run)))
     if is_main:
