@@ -47,15 +47,12 @@ def flip_actions_locations(actions: np.ndarray, locations: np.ndarray | None, fl
     return a, loc
 
 
-def flip_frames_(frames: np.ndarray, flip_lr: np.ndarray, flip_ud: np.ndarray) -> np.ndarray:
-    """In-place flips of selected trajectories of frames (B, T, C, H, W) (numpy reference)."""
-    for j in np.nonzero(flip_lr | flip_ud)[0]:
-        f = frames[j]
-        if flip_lr[j]:
-            f = f[..., ::-1]
-        if flip_ud[j]:
-            f = f[..., ::-1, :]
-        frames[j] = f.copy()
+def flipped(frames: np.ndarray, lr: bool, ud: bool) -> np.ndarray:
+    """A view of one trajectory's frames (T, C, H, W) flipped left-right (W) and/or up-down (H)."""
+    if lr:
+        frames = frames[..., ::-1]
+    if ud:
+        frames = frames[..., ::-1, :]
     return frames
 
 

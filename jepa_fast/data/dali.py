@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from jepa_fast.data.batch import Batch
+from jepa_fast.data.batch import Batch, flip_actions_locations
 from jepa_fast.data.loader import SplitData
 from jepa_fast.data.sampler import Sampler
 from jepa_fast.errors import JepaFastError
@@ -73,8 +73,6 @@ class _BatchSource:
                     raise JepaFastError(f"{self.store}: chunk of trajectory {int(i)} fails to decompress ({e}); "
                                         "the store is corrupt, re-pack the split") from None
                 frames[j] = out
-        from jepa_fast.data.batch import flip_actions_locations
-
         loc = None if self.locations is None else self.locations[plan.indices]
         actions, loc = flip_actions_locations(self.actions[plan.indices], loc, plan.flip_lr, plan.flip_ud,
                                               self.size)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from jepa_fast.config import DataConfig
-from jepa_fast.data.batch import Batch, flip_actions_locations
+from jepa_fast.data.batch import Batch, flip_actions_locations, flipped
 from jepa_fast.data.format import StoreReader
 from jepa_fast.data.sampler import Plan, Sampler
 from jepa_fast.errors import JepaFastError
@@ -65,12 +65,7 @@ class SplitData:
             if not (lr or ud):
                 self.reader.decode(int(i), out[j])
                 continue
-            v = self.reader.decode(int(i), tmp)
-            if lr:
-                v = v[..., ::-1]
-            if ud:
-                v = v[..., ::-1, :]
-            np.copyto(out[j], v)
+            np.copyto(out[j], flipped(self.reader.decode(int(i), tmp), lr, ud))
         return out
 
     def small_arrays(self, plan: Plan) -> tuple[np.ndarray, np.ndarray | None]:
@@ -147,12 +142,7 @@ class _Prefetcher:
 def _gather(src: np.ndarray, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray, flip_ud: np.ndarray) -> None:
     """out[j] = src[indices[j]], flipped as asked (numpy copies release the GIL)."""
     for j, i in enumerate(indices):
-        v = src[i]
-        if flip_lr[j]:
-            v = v[..., ::-1]
-        if flip_ud[j]:
-            v = v[..., ::-1, :]
-        np.copyto(out[j], v)
+        np.copyto(out[j], flipped(src[i], flip_lr[j], flip_ud[j]))
 
 
 class TorchLoader:
