@@ -95,6 +95,12 @@ if HAVE_TRITON:
         tl.store(hinge_ptr + (g * T + t) * n_db + db, tl.sum(hinge, axis=0))
 
     @triton.jit
+    def _load_centered(zg, mg, rows, t, cols, mask, D):
+        """Zc tile: rows x cols of one group's Z minus the batch mean of each row's timestep; 0 where masked."""
+        x = tl.load(zg + rows[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        return tl.where(mask, x - tl.load(mg + t[:, None] * D + cols[None, :], mask=mask, other=0.0), 0.0)
+
+    @triton.jit
     def _gram_kernel(z_ptr, mean_ptr, c_ptr, offsq_ptr, N, T, D, n_db, inv_nm1,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
         """Per (g, i-block, j-block): C tile = Zc[:, i]^T Zc[:, j] / (N - 1) and its off-diagonal sum of squares."""
@@ -112,10 +118,8 @@ if HAVE_TRITON:
             t = rows % T
             mi = rmask[:, None] & (offs_i[None, :] < D)
             mj = rmask[:, None] & (offs_j[None, :] < D)
-            a = tl.load(zg + rows[:, None] * D + offs_i[None, :], mask=mi, other=0.0).to(tl.float32)
-            a = tl.where(mi, a - tl.load(mg + t[:, None] * D + offs_i[None, :], mask=mi, other=0.0), 0.0)
-            b = tl.load(zg + rows[:, None] * D + offs_j[None, :], mask=mj, other=0.0).to(tl.float32)
-            b = tl.where(mj, b - tl.load(mg + t[:, None] * D + offs_j[None, :], mask=mj, other=0.0), 0.0)
+            a = _load_centered(zg, mg, rows, t, offs_i, mi, D)
+            b = _load_centered(zg, mg, rows, t, offs_j, mj, D)
             if IEEE:
                 acc += tl.dot(tl.trans(a), b, input_precision="ieee")
             else:
@@ -146,8 +150,7 @@ if HAVE_TRITON:
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < D
             am = rmask[:, None] & kmask[None, :]
-            a = tl.load(zg + rows[:, None] * D + ks[None, :], mask=am, other=0.0).to(tl.float32)
-            a = tl.where(am, a - tl.load(mg + t[:, None] * D + ks[None, :], mask=am, other=0.0), 0.0)
+            a = _load_centered(zg, mg, rows, t, ks, am, D)
             cm = kmask[:, None] & cmask[None, :]
             c = tl.load(c_ptr + g * D * D + ks[:, None] * D + cols[None, :], mask=cm, other=0.0)
             c = tl.where(ks[:, None] == cols[None, :], 0.0, c)  # C_off: zero diagonal
@@ -156,8 +159,7 @@ if HAVE_TRITON:
             else:
                 acc += tl.dot(a, c)
         m = rmask[:, None] & cmask[None, :]
-        x = tl.load(zg + rows[:, None] * D + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        xc = tl.where(m, x - tl.load(mg + t[:, None] * D + cols[None, :], mask=m, other=0.0), 0.0)
+        xc = _load_centered(zg, mg, rows, t, cols, m, D)
         std = tl.load(std_ptr + g * T * D + t[:, None] * D + cols[None, :], mask=m, other=1.0)
         g_var = tl.load(gvar_ptr + g)
         g_cov = tl.load(gcov_ptr + g)
