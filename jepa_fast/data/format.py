@@ -453,7 +453,7 @@ def _read_block(fh, source: Source, a: int, b: int, buf: np.ndarray | None = Non
 def _full_max(source: Source, block: int, progress: bool) -> np.ndarray:
     N = len(source.states)
     mx = np.zeros(source.states.shape[2])
-    bar = _bar(N * source.states.shape[1], progress, "scan max")
+    bar = frame_bar(N * source.states.shape[1], progress, "scan max")
     with open(source.path / "states.npy", "rb") as fh:
         for a in range(0, N, block):
             b = min(N, a + block)
@@ -472,7 +472,8 @@ def _sample_max(source: Source) -> np.ndarray:
     return mx
 
 
-def _bar(total: int, enabled: bool, desc: str):
+def frame_bar(total: int, enabled: bool, desc: str):
+    """The frames/s progress bar of generate, pack and verify."""
     from tqdm import tqdm
 
     return tqdm(total=total, unit="frame", unit_scale=True, disable=not enabled, desc=desc, dynamic_ncols=True)
@@ -565,7 +566,7 @@ def _source_attrs(source: Source) -> dict:
 def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int, progress: bool) -> None:
     N, T = source.states.shape[:2]
     block = _block_len(source, writer.k)
-    bar = _bar(N * T, progress, "pack")
+    bar = frame_bar(N * T, progress, "pack")
     bar.update(state["done"] * T)
     scale = np.asarray(state["scale"])
     value_max = np.asarray(state["value_max"], dtype=np.float64)
@@ -819,10 +820,10 @@ class StoreReader:
     def verify(self, progress: bool = False) -> int:
         """Decode every chunk and check sizes; returns the number of chunks checked."""
         out = np.empty((self.T, self.C, self.H, self.W), dtype=np.uint8)
-        bar = _bar(self.n, progress, "verify")
+        bar = frame_bar(self.n * self.T, progress, "verify")
         for i in range(self.n):
             self.decode(i, out)
-            bar.update(1)
+            bar.update(self.T)
         bar.close()
         for name, arr in (("actions", self.actions()), ("locations", self.locations())):
             if arr is not None and not np.isfinite(arr).all():

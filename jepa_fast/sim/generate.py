@@ -132,7 +132,9 @@ def generate_dataset(out: Path, ds: DatasetConfig, sim: SimConfig, seed: int = 0
         need = dataset_nbytes(ds, sim, dtype)
         atomic.check_free_space(out, need, "use --dtype uint8 (4x smaller), --format zarr, or a smaller --n")
     total_frames = sum(n * ds.seq_len_of(s) for s, n in ds.sizes.items())
-    bar = _progress(total_frames, progress)
+    from jepa_fast.data.format import frame_bar
+
+    bar = frame_bar(total_frames, progress, "generate")
     t0 = time.perf_counter()
     summary: dict = {"format": FORMAT_NAME if fmt == "npy" else "jepa-fast-zarr", "seed": seed, "dtype": dtype,
                      "sim": to_dict(sim), "splits": {}}
@@ -160,13 +162,6 @@ def generate_dataset(out: Path, ds: DatasetConfig, sim: SimConfig, seed: int = 0
         (tmp / "dataset.json").write_text(json.dumps(summary, indent=2))
     bar.close()
     return summary
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="frame", unit_scale=True, disable=not enabled, desc="generate",
-                dynamic_ncols=True)
 
 
 def load_split(split_dir: Path, mmap: bool = True) -> dict[str, np.ndarray]:
