@@ -1,11 +1,11 @@
-"""A simulated, packed dataset for the benches that need one (made in a temp folder, or reused)."""
+"""Simulated data for the benches that need it (made in a temp folder, or reused)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from jepa_fast.config import SimConfig, dataset_preset
-from jepa_fast.data.format import pack_path
+from jepa_fast.data.format import pack_path, pack_split
 from jepa_fast.sim.generate import generate_dataset
 
 
@@ -16,3 +16,15 @@ def packed_dataset(work: Path, preset: str = "small", seed: int = 0) -> Path:
         generate_dataset(raw, dataset_preset(preset), SimConfig(), seed=seed, overwrite=True, progress=False)
         pack_path(raw, packed, overwrite=True, progress=False)
     return packed
+
+
+def train_split(work: Path, n: int, pack: bool = True) -> tuple[Path, Path | None]:
+    """Simulate a float32 train split of n trajectories (work/raw/train, the original .npy format) and,
+    if ``pack``, pack it into work/train.zarr. Returns (raw split folder, store or None)."""
+    raw = Path(work) / "raw"
+    generate_dataset(raw, dataset_preset("full", n_train=n, splits=["train"]), SimConfig(), progress=False)
+    store = None
+    if pack:
+        store = Path(work) / "train.zarr"
+        pack_split(raw / "train", store, progress=False)
+    return raw / "train", store

@@ -30,12 +30,11 @@ from pathlib import Path
 
 import torch
 
+from bench._data import train_split
 from bench.common import header, print_json, print_table
 from bench.naive import drop_caches, naive_loader
-from jepa_fast.config import AUGMENT_PRESETS, DataConfig, SimConfig, dataset_preset
-from jepa_fast.data.format import pack_split
+from jepa_fast.config import AUGMENT_PRESETS, DataConfig
 from jepa_fast.data.loader import SplitData, build_loader, dali_importable
-from jepa_fast.sim.generate import generate_dataset
 
 
 def sync(device):
@@ -68,13 +67,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_loader-"))
     rows, fig = [], {"bench": "loader", "device": str(device), "n_traj": args.n, "batch": args.batch}
     try:
-        generate_dataset(work / "raw", dataset_preset("full", n_train=args.n, splits=["train"]), SimConfig(),
-                         progress=False)
-        pack_split(work / "raw" / "train", work / "train.zarr", progress=False)
+        raw, store = train_split(work, args.n)
         T = 17
 
         # (a) naive ---------------------------------------------------------------------------
-        dl = naive_loader(work / "raw" / "train", args.batch, device)
+        dl = naive_loader(raw, args.batch, device)
 
         def naive_epoch():
             n = 0
@@ -95,7 +92,7 @@ def main() -> None:
 
         # (b), (c) ours --------------------------------------------------------------------------
         t = time.perf_counter()
-        data = SplitData(work / "train.zarr")
+        data = SplitData(store)
         fig["store_load_s"] = round(time.perf_counter() - t, 3)
         configs = []
         if dali_importable():

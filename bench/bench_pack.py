@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._data import train_split
 from bench.common import header, print_json, print_table
 from bench.naive import drop_caches
-from jepa_fast.config import PackConfig, SimConfig, dataset_preset
+from jepa_fast.config import PackConfig
 from jepa_fast.data.format import StoreReader, pack_split
-from jepa_fast.sim.generate import generate_dataset
 
 
 def plain_read(path: Path) -> float:
@@ -48,9 +48,7 @@ def main() -> None:
     try:
         src = args.src
         if src is None:
-            generate_dataset(work / "raw", dataset_preset("full", n_train=args.n, splits=["train"]), SimConfig(),
-                             progress=False)
-            src = work / "raw" / "train"
+            src, _ = train_split(work, args.n, pack=False)
         states = src / "states.npy"
         nbytes = states.stat().st_size
         import numpy as np

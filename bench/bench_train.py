@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 
+from bench._data import train_split
 from bench.common import header, print_json, print_table
 from bench.naive import naive_loader
-from jepa_fast.config import LossConfig, SimConfig, apply_overrides, dataset_preset, model_preset, run_preset
-from jepa_fast.data.format import pack_split
+from jepa_fast.config import LossConfig, apply_overrides, model_preset, run_preset
 from jepa_fast.loss import jepa_loss
 from jepa_fast.model import JEPA
-from jepa_fast.sim.generate import generate_dataset
 from jepa_fast.train import cosine_schedule, train
 
 T = 17
@@ -90,17 +89,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_train-"))
     try:
         n = max(args.n, batch * 2)
-        generate_dataset(work / "raw", dataset_preset("full", n_train=n, splits=["train"]), SimConfig(), progress=False)
-        pack_split(work / "raw" / "train", work / "train.zarr", progress=False)
+        raw, store = train_split(work, n)
 
-        ref = reference_loop(work / "raw" / "train", batch, args.steps, args.warmup, device)
+        ref = reference_loop(raw, batch, args.steps, args.warmup, device)
 
         impl = "triton" if device.type == "cuda" else "torch"
         run = apply_overrides(run_preset("reference"), [
             f"data.batch_size={batch}", f"train.max_steps={args.warmup + args.steps}", "train.save_every=-1",
             f"train.log_every={args.warmup}", f"train.compile={args.compile}", f"loss.impl={impl}"])
         # time only the steps after warm-up: log at warmup (resets the clock), then at the end
-        out = train(run, work / "train.zarr", work / "run", progress=False, profile=args.profile)
+        out = train(run, store, work / "run", progress=False, profile=args.profile)
         last = out["last"]
         fast = {"ms_per_step": last["ms_per_step"], "frames_per_s": last["frames_per_s"],
                 "data_wait_pct": last["data_wait_pct"]}
