@@ -551,8 +551,8 @@ def _block_len(source: Source, k: int) -> int:
 
 def _source_attrs(source: Source) -> dict:
     meta = {}
-    ds_json = source.path.parent / "dataset.json"
-    for p in (source.path / "dataset.json", ds_json, source.path.parent.parent / "dataset.json"):
+    for p in (source.path / "dataset.json", source.path.parent / "dataset.json",
+              source.path.parent.parent / "dataset.json"):
         if p.exists():
             try:
                 meta = json.loads(p.read_text())
@@ -560,7 +560,7 @@ def _source_attrs(source: Source) -> dict:
                 meta = {}
             break
     return {"source": {"path": str(source.path.resolve()), "generator": meta.get("format", "unknown"),
-                       "seed": meta.get("seed")}, "source_dtype": str(source.states.dtype)}
+                       "seed": meta.get("seed")}}
 
 
 def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int, progress: bool) -> None:

@@ -78,13 +78,12 @@ class Sampler:
             parts = np.array_split(np.arange(len(chunk)), W)
             idx = chunk[parts[self.rank]]
             pos = step * B * W + parts[self.rank]
-        return self._decide(epoch, idx, pos)
+        return self._decide(epoch, step, idx, pos)
 
-    def _decide(self, epoch: int, idx: np.ndarray, pos: np.ndarray) -> Plan:
+    def _decide(self, epoch: int, step: int, idx: np.ndarray, pos: np.ndarray) -> Plan:
         """Augmentation decisions, keyed by (seed, epoch, position in the epoch): identical on every rank/loader."""
         a = self.augment
         m = len(idx)
-        step = int(pos[0]) // (self.batch_size * self.world_size) if m else 0
         if not a.enabled:
             return Plan(epoch, step, idx, np.zeros(m, bool), np.zeros(m, bool), np.ones(m, np.float32),
                         np.zeros(m, np.float32))
