@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jepa_fast.config import SimConfig, dataset_preset
-from jepa_fast.data.format import pack_path, pack_split
+from jepa_fast.data.pack import pack_path, pack_split
 from jepa_fast.sim.generate import generate_dataset
 
 

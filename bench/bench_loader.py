@@ -34,7 +34,8 @@ from bench._data import train_split
 from bench.common import header, print_json, print_table
 from bench.naive import drop_caches, naive_loader
 from jepa_fast.config import AUGMENT_PRESETS, DataConfig
-from jepa_fast.data.loader import SplitData, build_loader, dali_importable
+from jepa_fast.data.loader import build_loader, dali_importable
+from jepa_fast.data.reader import SplitData
 
 
 def sync(device):

@@ -23,7 +23,8 @@ from bench._data import train_split
 from bench.common import header, print_json, print_table
 from bench.naive import drop_caches
 from jepa_fast.config import PackConfig
-from jepa_fast.data.format import StoreReader, pack_split
+from jepa_fast.data.pack import pack_split
+from jepa_fast.data.reader import StoreReader
 
 
 def plain_read(path: Path) -> float:

@@ -54,7 +54,7 @@ def reference_loop(split: Path, batch: int, steps: int, warmup: int, device: tor
             continue
         if done >= warmup:
             wait += time.perf_counter() - tw
-        pred, lat, pp, pt = model(states, actions, train_mode="teacher")
+        pred, lat, pp, pt = model.training_outputs(states, actions, "teacher")
         loss = jepa_loss(pred, lat, pp, pt, cfg)["loss"]
         opt.zero_grad()
         loss.backward()

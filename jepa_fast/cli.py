@@ -84,7 +84,7 @@ def _cmd_show(args) -> None:
     if args.n < 1 or args.frames < 1:
         raise JepaFastError("--n and --frames must be >= 1")
     if (args.split / "zarr.json").exists():
-        from jepa_fast.data.format import StoreReader
+        from jepa_fast.data.reader import StoreReader
 
         reader = StoreReader(args.split)
         N = reader.n
@@ -128,7 +128,7 @@ def add_pack_arguments(p) -> None:
 
 def run_pack(args) -> None:
     from jepa_fast.config import PackConfig
-    from jepa_fast.data.format import pack_path
+    from jepa_fast.data.pack import pack_path
 
     cfg = PackConfig(codec=args.codec, zstd_level=args.zstd_level, chunk_mib=args.chunk_mib,
                      chunk_trajectories=args.chunk_trajectories, scale=args.scale, workers=args.workers)
@@ -157,7 +157,7 @@ def add_inspect_arguments(p) -> None:
 def run_inspect(args) -> None:
     import json
 
-    from jepa_fast.data.format import StoreReader
+    from jepa_fast.data.reader import StoreReader
 
     stores = [args.store] if (args.store / "zarr.json").exists() else sorted(args.store.rglob("*.zarr"))
     if not stores:
@@ -193,12 +193,57 @@ def _add_inspect(sub) -> None:
 # train
 
 
-def _add_train(sub) -> None:
-    from jepa_fast.train import add_train_arguments
+TRAIN_FLAGS = {"precision": "train.precision", "compile": "train.compile", "loader": "data.loader",
+               "batch_size": "data.batch_size", "epochs": "train.epochs", "steps": "train.max_steps",
+               "lr": "train.lr", "loss_impl": "loss.impl"}
+"""Named ``train`` flags -> the config field each sets (``--seed`` and ``--augment`` are handled below)."""
 
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", type=Path, help="packed train store, or a packed dataset root holding train.zarr")
+    p.add_argument("--preset", default="ours", help="run preset: ours (default: our recipe, 477,664 params), "
+                   "reference (the course project's recipe), ours-small / reference-small (minutes on a CPU), "
+                   "tiny (tests)")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs, plots)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--precision", choices=["bf16", "fp16", "no"], help="mixed precision (default: preset's)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile the step (default: preset's)")
+    p.add_argument("--loader", choices=["auto", "dali", "torch"], help="data loader (default: auto)")
+    p.add_argument("--batch-size", type=int, help="trajectories per batch per process")
+    p.add_argument("--epochs", type=int, help="epochs over the train split")
+    p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--loss-impl", choices=["torch", "triton"], help="VICReg var/cov implementation")
+    p.add_argument("--augment", choices=["none", "flips", "full"], help="augmentation preset")
+    p.add_argument("--seed", type=int, help="seed for init, sampler and RNG")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="any config field, e.g. --set train.save_every=200 --set model.gru_dropout=0 (repeatable); "
+                   "applied last: defaults < preset < the flags above < --set")
+    p.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
+
+
+def config_from_args(args):
+    """The run config of a ``train`` command line: defaults < preset (or the resumed run's config) < flags < --set."""
+    import json
+
+    from jepa_fast.config import AUGMENT_PRESETS, resolve, run_config_from_dict, run_preset
+
+    if args.resume and (args.out / "config.json").exists():
+        base = run_config_from_dict(json.loads((args.out / "config.json").read_text()))
+    else:
+        base = run_preset(args.preset)
+    flags = {key: getattr(args, attr) for attr, key in TRAIN_FLAGS.items() if getattr(args, attr) is not None}
+    if args.seed is not None:
+        flags.update({"train.seed": args.seed, "data.seed": args.seed})
+    if args.augment is not None:
+        flags["data.augment"] = AUGMENT_PRESETS[args.augment]
+    return resolve(base, flags, args.set)
+
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the JEPA on a packed store (Accelerate, mixed precision, compile)",
                        description="Train the JEPA world model. For several processes/GPUs: accelerate "
-                       "launch -m jepa_fast.train DATA ... (or torchrun --nproc_per_node N -m jepa_fast.train).")
+                       "launch -m jepa_fast train DATA ... (or torchrun --nproc_per_node N -m jepa_fast train).")
     add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
 
@@ -206,10 +251,10 @@ def _add_train(sub) -> None:
 def _cmd_train(args) -> None:
     import logging
 
-    from jepa_fast.train import run_train
+    from jepa_fast.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run_train(args)
+    train(config_from_args(args), args.data, args.out, resume=args.resume, progress=not args.no_progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,12 +299,14 @@ def _add_bench(sub) -> None:
 
 
 def _cmd_bench(args) -> None:
-    try:
-        from bench.run_all import main as run_all
-    except ImportError:
-        raise JepaFastError("jepa-fast bench needs the bench/ folder of a source checkout; run it from there") from None
+    import subprocess
+
+    root = Path.cwd()
+    if not (root / "bench" / "run_all.py").exists():
+        raise JepaFastError("jepa-fast bench runs the bench/ folder of a source checkout; run it from the checkout's "
+                            "root (or: python -m bench.run_all)")
     argv = (["--only", args.only] if args.only else []) + (["--skip", args.skip] if args.skip else [])
-    if run_all(argv) != 0:
+    if subprocess.call([sys.executable, "-m", "bench.run_all", *argv], cwd=root) != 0:
         raise JepaFastError("some benchmarks failed; see the report")
 
 

@@ -31,7 +31,7 @@ def run_demo(out: Path, seed: int = 0, fresh: bool = False) -> dict:
         print(f"[1/4] generate: reusing {raw}")
 
     if not (packed / "dataset.json").exists():
-        from jepa_fast.data.format import pack_path
+        from jepa_fast.data.pack import pack_path
 
         print(f"[2/4] pack: {raw} -> {packed}")
         pack_path(raw, packed, overwrite=True)

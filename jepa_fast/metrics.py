@@ -43,13 +43,16 @@ class MetricLogger:
         self.reduce = reduce  # e.g. accelerator.reduce: average the terms over processes at log time
         self.peak = peak_flops(device)
         self._sums: dict[str, torch.Tensor] = {}
-        self._n = 0
+        self._n = 0  # steps whose loss terms are summed
+        self._n_timed = 0  # steps since the clock started (throughput counts only these)
         self._wait = 0.0
         self._t0 = time.perf_counter()
         self.last: dict = {}
 
     def reset_clock(self) -> None:
+        """Restart the throughput clock (e.g. after a compiling step); the summed loss terms are kept."""
         self._t0 = time.perf_counter()
+        self._n_timed, self._wait = 0, 0.0
 
     def accumulate(self, terms: dict[str, torch.Tensor], data_wait_s: float) -> None:
         """Add this step's scalar tensors (detached, on device); no host sync."""
@@ -57,6 +60,7 @@ class MetricLogger:
             v = v.detach().float()
             self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
         self._n += 1
+        self._n_timed += 1
         self._wait += data_wait_s
 
     def log(self, step: int, lr: float, extra: dict | None = None) -> dict:
@@ -73,19 +77,20 @@ class MetricLogger:
         values = {k: float(v) / self._n for k, v in zip(keys, sums.tolist())}  # sync point
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLoss(f"loss became NaN/Inf between steps {step - self._n + 1} and {step}")
-        ms = 1e3 * elapsed / self._n
-        rec = {"step": step, **values, "lr": lr, "ms_per_step": ms,
-               "frames_per_s": self.frames_per_step * self._n / elapsed,
-               "samples_per_s": self.frames_per_step * self._n / elapsed / self.seq_len,
-               "data_wait_pct": 100.0 * self._wait / elapsed}
+        rec = {"step": step, **values, "lr": lr}
+        if self._n_timed:  # no throughput for a window that holds only a compiling step
+            rec.update(ms_per_step=1e3 * elapsed / self._n_timed,
+                       frames_per_s=self.frames_per_step * self._n_timed / elapsed,
+                       samples_per_s=self.frames_per_step * self._n_timed / elapsed / self.seq_len,
+                       data_wait_pct=100.0 * self._wait / elapsed)
         if self.device.type == "cuda":
             rec["mem_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         else:
             import resource
 
             rec["mem_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS (KiB on Linux)
-        if self.flops_per_step and self.peak:
-            rec["mfu_pct"] = 100.0 * self.flops_per_step * self._n / elapsed / self.peak
+        if self.flops_per_step and self.peak and self._n_timed:
+            rec["mfu_pct"] = 100.0 * self.flops_per_step * self._n_timed / elapsed / self.peak
         rec.update(extra or {})
         if self.is_main:
             if self.jsonl:
@@ -93,7 +98,7 @@ class MetricLogger:
                     f.write(json.dumps(rec) + "\n")
             if self.accelerator is not None:
                 self.accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
-        self._sums, self._n, self._wait = {}, 0, 0.0
+        self._sums, self._n, self._n_timed, self._wait = {}, 0, 0, 0.0
         self._t0 = time.perf_counter()
         self.last = rec
         return rec
@@ -101,12 +106,14 @@ class MetricLogger:
     def line(self, rec: dict) -> str:
         width = len(str(self.total))
         parts = [f"step {rec['step']:0{width}d}/{self.total}", f"loss {rec['loss']:.4f}",
-                 f"sim {rec['sim']:.4f} std {rec['std']:.4f} cov {rec['cov']:.4f} raw {rec['raw']:.4f}",
-                 f"{rec['ms_per_step']:.2f} ms", f"{rec['samples_per_s']:,.0f} samples/s",
-                 f"{rec['frames_per_s']:,.0f} frames/s"]
+                 f"sim {rec['sim']:.4f} std {rec['std']:.4f} cov {rec['cov']:.4f} raw {rec['raw']:.4f}"]
+        if "ms_per_step" in rec:
+            parts += [f"{rec['ms_per_step']:.2f} ms", f"{rec['samples_per_s']:,.0f} samples/s",
+                      f"{rec['frames_per_s']:,.0f} frames/s"]
         if "mfu_pct" in rec:
             parts.append(f"mfu {rec['mfu_pct']:.1f}%")
-        parts.append(f"data {rec['data_wait_pct']:.1f}%")
+        if "data_wait_pct" in rec:
+            parts.append(f"data {rec['data_wait_pct']:.1f}%")
         if "mem_gib" in rec:
             parts.append(f"mem {rec['mem_gib']:.1f}GiB")
         return " | ".join(parts)

@@ -2,11 +2,13 @@
 
 Shapes: B batch, T frames, C = 2 channels (agent, walls), H = W = 64 or 65, D latent size, A = 2
 action size. The ``reference`` preset reproduces the public course project exactly (477,664
-trainable parameters); ``ours`` is our own design at fewer parameters (see ``config.ModelConfig``).
+trainable parameters); ``ours`` has the same parameters and a residual predictor, trained by rollout
+(see ``config.ModelConfig`` and the run presets).
 
 Interface of the original evaluator: ``model(states, actions)`` with states (B, 1, C, H, W) in the
 raw value units of the .npy files and actions (B, T-1, 2) returns the predicted embeddings
-(B, T, D) for t = 0..T-1 by autoregressive rollout; ``model.repr_dim`` is D.
+(B, T, D) for t = 0..T-1 by autoregressive rollout; ``model.repr_dim`` is D. Training calls
+``training_outputs`` instead (teacher forcing or rollout, plus the projections the loss needs).
 """
 
 from __future__ import annotations
@@ -126,24 +128,29 @@ class JEPA(nn.Module):
             preds.append(prev)
         return torch.stack(preds, dim=1)
 
-    def forward(self, states: torch.Tensor, actions: torch.Tensor, train_mode: str | None = None):
+    def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The evaluator's call: states (B, 1 or T, C, H, W) raw units, actions (B, T-1, 2) -> (B, T, D).
 
-        With train_mode='teacher' or 'rollout' (the training path, through ``__call__`` so DDP's hooks
-        run): returns (pred, latents, proj_pred, proj_target), each (B, T, D). 'teacher' feeds the GRU
-        the true latent at every step; 'rollout' feeds back its own predictions from s_0, exactly as
-        evaluation does, while the targets are still the encoder latents of every frame.
+        Only the first frame is used: the rest is predicted by rollout from it.
         """
-        if train_mode == "teacher":
+        s0 = self.encode(states[:, :1])[:, 0]  # (B, D)
+        return self.rollout(s0, actions)
+
+    def training_outputs(self, states: torch.Tensor, actions: torch.Tensor, prediction: str = "teacher"
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training path: (pred, latents, proj_pred, proj_target), each (B, T, D).
+
+        'teacher' feeds the GRU the true latent at every step; 'rollout' feeds back its own predictions
+        from s_0, exactly as evaluation does, while the targets are still the encoder latents of every
+        frame. Called from inside a module's ``forward`` (train.ForwardLoss), so DDP's hooks run.
+        """
+        if prediction == "teacher":
             pred, latents = self.teacher_forcing(states, actions)
-        elif train_mode == "rollout":
+        elif prediction == "rollout":
             latents = self.encode(states)  # (B, T, D)
             pred = self.rollout(latents[:, 0], actions)  # (B, T, D)
-        elif train_mode is None:
-            s0 = self.encode(states[:, :1])[:, 0]  # (B, D)
-            return self.rollout(s0, actions)
         else:
-            raise ValueError(f"train_mode {train_mode!r}: use 'teacher' or 'rollout'")
+            raise ValueError(f"prediction {prediction!r}: use 'teacher' or 'rollout'")
         return pred, latents, self.projector(pred), self.target_projector(latents)
 
     # -- target branch ------------------------------------------------------------------------
@@ -157,7 +164,3 @@ class JEPA(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (the target projector is an EMA buffer-like copy and does not count)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def build_model(cfg: ModelConfig) -> JEPA:
-    return JEPA(cfg)

@@ -34,7 +34,7 @@ import torch.nn as nn
 from jepa_fast import atomic
 from jepa_fast.config import ProbeConfig
 from jepa_fast.data.batch import finish_states
-from jepa_fast.data.loader import SplitData
+from jepa_fast.data.reader import SplitData
 from jepa_fast.errors import JepaFastError
 
 LOCATION_MEAN = (31.5863, 32.0618)
@@ -131,8 +131,7 @@ class SplitEmbeddings:
         actions = torch.from_numpy(np.asarray(d.actions[idx], dtype=np.float32)).to(self.device)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in ("bf16", "fp16")):
-            out = self.model(x, actions)
-        out = out[0] if isinstance(out, tuple | list) else out
+            out = self.model(x, actions)  # (B, T, D)
         return out.float().cpu()
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:

@@ -1,1 +1,1 @@
-"""Thin entry points over ``jepa_fast.data.format``: pack raw split folders, inspect a store."""
+"""Thin entry points over ``jepa_fast.data``: pack raw split folders (``pack.py``), inspect a store."""

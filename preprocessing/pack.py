@@ -1,6 +1,6 @@
 """Pack raw split folders into jepa-fast Zarr stores: ``python -m preprocessing.pack SRC DST``.
 
-The same as ``jepa-fast pack``; the schema and writer live in ``jepa_fast.data.format``.
+The same as ``jepa-fast pack``; the packer lives in ``jepa_fast.data.pack``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import pytest
 
 from jepa_fast import cli
 from jepa_fast.config import PackConfig, SimConfig, dataset_preset
-from jepa_fast.data import format as F
+from jepa_fast.data import pack, schema, writer
+from jepa_fast.data.reader import StoreReader
 from jepa_fast.errors import JepaFastError
 from jepa_fast.sim.generate import generate_dataset
 
@@ -54,8 +55,8 @@ def test_uint8_round_trip_is_exact_with_n_not_a_multiple_of_k(tmp_path, S):
     actions = rng.normal(size=(23, 4, 2)).astype(np.float32)
     locations = rng.uniform(4, 60, size=(23, 5, 2)).astype(np.float32)
     src = _write_split(tmp_path / "raw", states, actions, locations)
-    F.pack_split(src, tmp_path / "s.zarr", PackConfig(chunk_trajectories=4), progress=False)
-    r = F.StoreReader(tmp_path / "s.zarr")
+    pack.pack_split(src, tmp_path / "s.zarr", PackConfig(chunk_trajectories=4), progress=False)
+    r = StoreReader(tmp_path / "s.zarr")
     assert (r.n, r.T, r.C, r.H, r.W, r.k) == (23, 5, 2, S, S, 4)
     assert r.chunk_nbytes[3] == 0
     for i in range(23):
@@ -80,15 +81,15 @@ def test_float_round_trip_within_half_a_step(tmp_path, mode):
     states = _float_states(rng)
     states[7, 2, 0, 10, 10] = 0.0942  # the max sits in a trajectory the sample may miss
     src = _write_split(tmp_path / "raw", states)
-    F.pack_split(src, tmp_path / "s.zarr", PackConfig(scale=mode, chunk_trajectories=3), progress=False)
-    r = F.StoreReader(tmp_path / "s.zarr")
+    pack.pack_split(src, tmp_path / "s.zarr", PackConfig(scale=mode, chunk_trajectories=3), progress=False)
+    r = StoreReader(tmp_path / "s.zarr")
     scale = r.scale
     for i in range(len(states)):
         err = np.abs(r.decode(i) * scale[None, :, None, None] - states[i])
         bound = (scale / 2)[None, :, None, None]
         assert (err <= bound * (1 + 1e-9)).all()
     np.testing.assert_allclose(r.attrs["value_max"], states.max(axis=(0, 1, 3, 4)), rtol=1e-6)
-    headroom = F.SCALE_HEADROOM if mode == "sample" else 1.0
+    headroom = pack.SCALE_HEADROOM if mode == "sample" else 1.0
     assert (scale >= states.max(axis=(0, 1, 3, 4)) / 255 * (1 - 1e-6)).all()
     assert (scale <= states.max(axis=(0, 1, 3, 4)) * headroom / 255 * (1 + 1e-6)).all()
 
@@ -98,9 +99,9 @@ def test_sampled_scale_too_small_repacks_with_exact_max(tmp_path, capsys):
     states = _float_states(rng, N=200, T=3, S=16)
     states[102, 1, 1, 3, 3] = 5.0  # an outlier between sample points: the sampled scale would clip it
     src = _write_split(tmp_path / "raw", states)
-    F.pack_split(src, tmp_path / "s.zarr", PackConfig(chunk_trajectories=8), progress=False)
+    pack.pack_split(src, tmp_path / "s.zarr", PackConfig(chunk_trajectories=8), progress=False)
     assert "rescanning for the exact max" in capsys.readouterr().out
-    r = F.StoreReader(tmp_path / "s.zarr")
+    r = StoreReader(tmp_path / "s.zarr")
     assert r.scale[1] == pytest.approx(5.0 / 255)
     assert abs(r.decode(102)[1, 1, 3, 3] * r.scale[1] - 5.0) <= r.scale[1] / 2
 
@@ -110,8 +111,8 @@ def test_raw_lz4_block_is_what_the_gpu_inflates(tmp_path):
 
     rng = np.random.default_rng(3)
     src = _write_split(tmp_path / "raw", _float_states(rng))
-    F.pack_split(src, tmp_path / "s.zarr", progress=False)
-    r = F.StoreReader(tmp_path / "s.zarr")
+    pack.pack_split(src, tmp_path / "s.zarr", progress=False)
+    r = StoreReader(tmp_path / "s.zarr")
     for i in (0, 5, 22):
         chunk = bytes(r.chunk(i))
         assert int.from_bytes(chunk[:4], "little") == r.traj_bytes  # numcodecs' 4-byte size header
@@ -128,15 +129,15 @@ def test_our_shards_are_the_bytes_zarr_writes(tmp_path):
     rng = np.random.default_rng(4)
     q = rng.integers(0, 3, size=(10, 3, 2, 16, 16), dtype=np.uint8) * (rng.random((10, 1, 1, 1, 1)) < 0.8)
     q = q.astype(np.uint8)
-    for codec in (F.ChunkCodec("lz4"), F.ChunkCodec("zstd", 5)):
+    for codec in (schema.ChunkCodec("lz4"), schema.ChunkCodec("zstd", 5)):
         ref = tmp_path / f"ref-{codec.name}.zarr"
         g = zarr.open_group(str(ref), mode="w", zarr_format=3)
         a = g.create_array("states", shape=q.shape, dtype="uint8", chunks=(1,) + q.shape[1:],
                            shards=(4,) + q.shape[1:], compressors=[codec.zarr_codec()], fill_value=0)
         a[...] = q
         for s in range(3):
-            ours = F.encode_shard(q[4 * s:4 * s + 4], 4, codec)
-            p = F.shard_path(ref, s)
+            ours = writer.encode_shard(q[4 * s:4 * s + 4], 4, codec)
+            p = schema.shard_path(ref, s)
             assert (ours is None and not p.exists()) or ours == p.read_bytes(), f"{codec.name} shard {s}"
 
 
@@ -144,8 +145,8 @@ def test_zstd_store_round_trip_and_no_raw_blocks(tmp_path):
     rng = np.random.default_rng(5)
     states = rng.integers(0, 256, size=(9, 4, 2, 16, 16), dtype=np.uint8)
     src = _write_split(tmp_path / "raw", states)
-    F.pack_split(src, tmp_path / "s.zarr", PackConfig(codec="zstd", chunk_trajectories=2), progress=False)
-    r = F.StoreReader(tmp_path / "s.zarr")
+    pack.pack_split(src, tmp_path / "s.zarr", PackConfig(codec="zstd", chunk_trajectories=2), progress=False)
+    r = StoreReader(tmp_path / "s.zarr")
     assert r.codec.name == "zstd"
     np.testing.assert_array_equal(np.stack([r.decode(i) for i in range(9)]), states)
     with pytest.raises(JepaFastError, match="no raw LZ4 blocks"):
@@ -153,8 +154,8 @@ def test_zstd_store_round_trip_and_no_raw_blocks(tmp_path):
 
 
 def test_simulated_store_is_much_smaller(tmp_path, tiny_root):
-    F.pack_split(tiny_root / "train", tmp_path / "t.zarr", progress=False)
-    reader = F.StoreReader(tmp_path / "t.zarr")
+    pack.pack_split(tiny_root / "train", tmp_path / "t.zarr", progress=False)
+    reader = StoreReader(tmp_path / "t.zarr")
     info = reader.describe()
     assert info["ratio_vs_float32"] >= 20
     assert reader.attrs["walls_static"] is True
@@ -163,13 +164,13 @@ def test_simulated_store_is_much_smaller(tmp_path, tiny_root):
 
 
 def test_pack_a_whole_root_and_generate_straight_to_zarr(tmp_path, tiny_root):
-    F.pack_path(tiny_root, tmp_path / "packed", progress=False)
+    pack.pack_path(tiny_root, tmp_path / "packed", progress=False)
     names = sorted(str(p.relative_to(tmp_path / "packed")) for p in (tmp_path / "packed").rglob("*.zarr"))
     assert names == sorted(f"{s}.zarr" for s in dataset_preset("tiny").sizes)
     # generate --format zarr: same schema, same trajectories, values within the quantisation bound
     generate_dataset(tmp_path / "gz", dataset_preset("tiny", splits=["probe_wall/val"]), SimConfig(), seed=0,
                      fmt="zarr", progress=False)
-    r = F.StoreReader(tmp_path / "gz" / "probe_wall" / "val.zarr")
+    r = StoreReader(tmp_path / "gz" / "probe_wall" / "val.zarr")
     raw = np.load(tiny_root / "probe_wall" / "val" / "states.npy")
     assert r.k == 7 and r.n == 64
     for i in (0, 63):
@@ -179,7 +180,7 @@ def test_pack_a_whole_root_and_generate_straight_to_zarr(tmp_path, tiny_root):
 
 
 def test_inspect_and_verify_cli(tmp_path, tiny_root, capsys):
-    F.pack_split(tiny_root / "probe_normal" / "val", tmp_path / "v.zarr", progress=False)
+    pack.pack_split(tiny_root / "probe_normal" / "val", tmp_path / "v.zarr", progress=False)
     assert cli.main(["show", str(tmp_path / "v.zarr"), "--out", str(tmp_path / "s.png"), "--n", "2"]) == 0
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["inspect", str(tmp_path / "v.zarr"), "--verify"]) == 0
@@ -195,18 +196,18 @@ def test_inspect_and_verify_cli(tmp_path, tiny_root, capsys):
 
 
 def test_corrupt_chunk_and_index_are_named(tmp_path, tiny_root):
-    F.pack_split(tiny_root / "probe_normal" / "val", tmp_path / "v.zarr", progress=False)
-    p = F.shard_path(tmp_path / "v.zarr", 2)
+    pack.pack_split(tiny_root / "probe_normal" / "val", tmp_path / "v.zarr", progress=False)
+    p = schema.shard_path(tmp_path / "v.zarr", 2)
     data = bytearray(p.read_bytes())
     data[10:60] = b"\xff" * 50  # inside the first chunk of shard 2 (trajectory 14)
     p.write_bytes(bytes(data))
-    r = F.StoreReader(tmp_path / "v.zarr")
+    r = StoreReader(tmp_path / "v.zarr")
     with pytest.raises(JepaFastError, match=r"trajectory 14 \(shard 2\) fails to decompress"):
         r.verify()
     data[-10] ^= 0xFF  # the shard index itself
     p.write_bytes(bytes(data))
     with pytest.raises(JepaFastError, match="CRC32C"):
-        F.StoreReader(tmp_path / "v.zarr")
+        StoreReader(tmp_path / "v.zarr")
 
 
 def test_wrong_schema_version_and_missing_array(tmp_path, tiny_root):
@@ -214,15 +215,15 @@ def test_wrong_schema_version_and_missing_array(tmp_path, tiny_root):
 
     import zarr
 
-    F.pack_split(tiny_root / "probe_normal" / "val", tmp_path / "v.zarr", progress=False)
+    pack.pack_split(tiny_root / "probe_normal" / "val", tmp_path / "v.zarr", progress=False)
     g = zarr.open_group(str(tmp_path / "v.zarr"), mode="r+")
     g.attrs["schema_version"] = 99
     with pytest.raises(JepaFastError, match="schema version 99"):
-        F.StoreReader(tmp_path / "v.zarr")
-    g.attrs["schema_version"] = F.SCHEMA_VERSION
+        StoreReader(tmp_path / "v.zarr")
+    g.attrs["schema_version"] = schema.SCHEMA_VERSION
     shutil.rmtree(tmp_path / "v.zarr" / "actions")
     with pytest.raises(JepaFastError, match="'actions' is missing"):
-        F.StoreReader(tmp_path / "v.zarr")
+        StoreReader(tmp_path / "v.zarr")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def test_truncated_npy_is_named(tmp_path, capsys):
 
 def test_existing_destination_needs_overwrite(tmp_path, tiny_root, capsys):
     src = tiny_root / "probe_normal" / "val"
-    F.pack_split(src, tmp_path / "v.zarr", progress=False)
+    pack.pack_split(src, tmp_path / "v.zarr", progress=False)
     before = _files(tmp_path / "v.zarr")
     assert cli.main(["pack", str(src), str(tmp_path / "v.zarr"), "--no-progress"]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
@@ -306,17 +307,17 @@ def test_existing_destination_needs_overwrite(tmp_path, tiny_root, capsys):
 
 _KILLER = textwrap.dedent("""
     import os, signal, sys
-    from jepa_fast.data import format as F
+    from jepa_fast.data import pack, writer
     from jepa_fast.config import PackConfig
-    real = F.StoreWriter.write_shard
+    real = writer.StoreWriter.write_shard
     count = {"n": 0}
     def write_shard(self, s, q):
         count["n"] += 1
         if count["n"] == int(sys.argv[3]):
             os.kill(os.getpid(), signal.SIGKILL)  # die mid-pack, like a pre-empted job
         return real(self, s, q)
-    F.StoreWriter.write_shard = write_shard
-    F.pack_split(sys.argv[1], sys.argv[2], PackConfig(chunk_trajectories=2, workers=2), progress=False)
+    writer.StoreWriter.write_shard = write_shard
+    pack.pack_split(sys.argv[1], sys.argv[2], PackConfig(chunk_trajectories=2, workers=2), progress=False)
 """)
 
 
@@ -328,17 +329,17 @@ def test_killed_pack_resumes_to_an_identical_store(tmp_path):
     # _block_len gives ~16 MiB blocks; make blocks small so the kill lands after some progress
     script = tmp_path / "killer.py"
     script.write_text(_KILLER.replace("from jepa_fast.config import PackConfig",
-                                      "from jepa_fast.config import PackConfig\nF._block_len = lambda s, k: 8 * k"))
+                                      "from jepa_fast.config import PackConfig\npack._block_len = lambda s, k: 8 * k"))
     r = subprocess.run([sys.executable, str(script), str(src), str(tmp_path / "a.zarr"), "150"], capture_output=True)
     assert r.returncode == -9
     partial = tmp_path / "a.zarr.partial"
     assert partial.exists() and not (tmp_path / "a.zarr").exists()
-    done = json.loads((partial / F.PROGRESS_FILE).read_text())["done"]
+    done = json.loads((partial / pack.PROGRESS_FILE).read_text())["done"]
     assert 0 < done < 600
     rc = cli.main(["pack", str(src), str(tmp_path / "a.zarr"), "--resume", "--chunk-trajectories", "2",
                    "--no-progress"])
     assert rc == 0 and not partial.exists()
-    F.pack_split(src, tmp_path / "b.zarr", PackConfig(chunk_trajectories=2), progress=False)
+    pack.pack_split(src, tmp_path / "b.zarr", PackConfig(chunk_trajectories=2), progress=False)
     fa, fb = _files(tmp_path / "a.zarr"), _files(tmp_path / "b.zarr")
     assert fa.keys() == fb.keys()
     for name in fa:

@@ -17,8 +17,9 @@ from jepa_fast.sim import generate as gen
 
 
 def _digest(root):
+    """Every file of a dataset root, the manifest (dataset.json) included."""
     h = hashlib.sha256()
-    for f in sorted(root.rglob("*.npy")):
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(root)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from jepa_fast.config import AUGMENT_PRESETS, DataConfig, LossConfig, model_preset
-from jepa_fast.data import format as F
-from jepa_fast.data.loader import SplitData, build_loader, dali_importable
+from jepa_fast.data import pack
+from jepa_fast.data.loader import build_loader, dali_importable
+from jepa_fast.data.reader import SplitData
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,7 +28,7 @@ compiled_triton = pytest.mark.skipif(torch.cuda.is_available() and os.environ.ge
 @pytest.fixture(scope="module")
 def data(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("packed") / "train.zarr"
-    F.pack_split(tiny_root / "train", out, progress=False)
+    pack.pack_split(tiny_root / "train", out, progress=False)
     return SplitData(out)
 
 
@@ -67,17 +68,17 @@ def test_triton_kernels_on_gpu(shape, dtype):
 @compiled_triton
 def test_compiled_cuda_step_with_triton_loss():
     from jepa_fast.model import JEPA
-    from jepa_fast.train import forward_loss
+    from jepa_fast.train import ForwardLoss
 
     torch._dynamo.reset()
     torch._dynamo.config.allow_rnn = True
     model = JEPA(model_preset("ours")).cuda()
-    fn = torch.compile(forward_loss, fullgraph=True)
+    fn = torch.compile(ForwardLoss(model, LossConfig(impl="triton"), "rollout"), fullgraph=True)
     B, T = 8, 17
     states = torch.randint(0, 255, (B, T, 2, 65, 65), dtype=torch.uint8, device="cuda")
     args = (states, torch.randn(B, T - 1, 2, device="cuda"), torch.full((2,), 0.00037, device="cuda"),
             torch.ones(B, device="cuda"), torch.zeros(B, device="cuda"))
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        terms = fn(model, *args, LossConfig(impl="triton"), False, "rollout")
+        terms = fn(*args)
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"])

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from jepa_fast.config import AUGMENT_PRESETS, DataConfig
-from jepa_fast.data import format as F
-from jepa_fast.data.loader import SplitData, build_loader, dali_importable
+from jepa_fast.data import pack, schema
+from jepa_fast.data.loader import build_loader, dali_importable
+from jepa_fast.data.reader import SplitData, StoreReader
 from jepa_fast.data.sampler import Sampler
 from jepa_fast.errors import JepaFastError
 
@@ -19,7 +20,7 @@ FIELDS = ("states", "actions", "locations", "indices", "brightness", "noise_std"
 @pytest.fixture(scope="module")
 def store(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("packed") / "train.zarr"
-    F.pack_split(tiny_root / "train", out, progress=False)
+    pack.pack_split(tiny_root / "train", out, progress=False)
     return out
 
 
@@ -188,8 +189,8 @@ def _corrupt(store, tmp_path):
 
     bad = tmp_path / "corrupt.zarr"
     shutil.copytree(store, bad)
-    r = F.StoreReader(bad)
-    p = F.shard_path(bad, 1)
+    r = StoreReader(bad)
+    p = schema.shard_path(bad, 1)
     data = bytearray(p.read_bytes())
     o = int(r.chunk_offset[r.k])  # first chunk of shard 1
     data[o + 8:o + 40] = b"\xff" * 32

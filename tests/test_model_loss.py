@@ -61,12 +61,13 @@ def test_training_paths_return_projections():
     m = JEPA(model_preset("ours")).eval()
     states = torch.rand(2, 6, 2, 65, 65) * 0.094
     actions = torch.randn(2, 5, 2)
-    pred_r, lat_r, pp, pt = m(states, actions, train_mode="rollout")
+    pred_r, lat_r, pp, pt = m.training_outputs(states, actions, "rollout")
     torch.testing.assert_close(pred_r, m(states[:, :1], actions))  # rollout training = evaluation path
     torch.testing.assert_close(pp, m.projector(pred_r))
     torch.testing.assert_close(pt, m.target_projector(lat_r))
-    with pytest.raises(ValueError, match="train_mode"):
-        m(states, actions, train_mode="sideways")
+    with pytest.raises(ValueError, match="prediction 'sideways'"):
+        m.training_outputs(states, actions, "sideways")
+    assert isinstance(m(states[:, :1], actions), torch.Tensor)  # the evaluator's call: one tensor, always
 
 
 def test_ema_update_moves_target_towards_online():

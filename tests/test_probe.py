@@ -12,7 +12,7 @@ import torch.nn as nn
 from jepa_fast import cli
 from jepa_fast import probe as P
 from jepa_fast.config import ProbeConfig, SimConfig, model_preset
-from jepa_fast.data import format as F
+from jepa_fast.data import pack
 from jepa_fast.model import JEPA
 from jepa_fast.sim import env
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def packed_root(tiny_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("packed") / "root"
-    F.pack_path(tiny_root, root, progress=False)
+    pack.pack_path(tiny_root, root, progress=False)
     return root
 
 

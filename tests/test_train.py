@@ -16,9 +16,9 @@ import torch
 
 from jepa_fast import checkpoint as ckpt
 from jepa_fast.config import LossConfig, apply_overrides, run_preset
-from jepa_fast.data import format as F
+from jepa_fast.data import pack
 from jepa_fast.errors import JepaFastError
-from jepa_fast.train import forward_loss, train
+from jepa_fast.train import ForwardLoss, train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def packed(tiny_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("packed")
-    F.pack_split(tiny_root / "train", root / "train.zarr", progress=False)
+    pack.pack_split(tiny_root / "train", root / "train.zarr", progress=False)
     return root
 
 
@@ -116,7 +116,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(packed, tmp_path, mon
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(packed, tmp_path):
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "jepa_fast.train", str(packed), "--preset", "tiny", "--steps", "100000",
+    cmd = [sys.executable, "-m", "jepa_fast", "train", str(packed), "--preset", "tiny", "--steps", "100000",
            "--out", str(out), "--no-progress", "--set", "train.log_every=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -159,12 +159,12 @@ def test_compiled_step_is_one_graph():
     torch._dynamo.reset()
     torch._dynamo.config.allow_rnn = True
     model = JEPA(model_preset("reference"))
-    fn = torch.compile(forward_loss, fullgraph=True, backend="eager")
     B, T = 4, 5
     states = torch.randint(0, 255, (B, T, 2, 65, 65), dtype=torch.uint8)
     args = (states, torch.randn(B, T - 1, 2), torch.full((2,), 0.00037), torch.ones(B), torch.zeros(B))
     for impl, prediction in (("torch", "teacher"), ("triton", "teacher"), ("torch", "rollout")):
-        terms = fn(model, *args, LossConfig(impl=impl), False, prediction)
+        fn = torch.compile(ForwardLoss(model, LossConfig(impl=impl), prediction), fullgraph=True, backend="eager")
+        terms = fn(*args)
         terms["loss"].backward()
         assert torch.isfinite(terms["loss"])
 
@@ -211,3 +211,51 @@ def test_two_processes_see_disjoint_data_and_end_identical(packed, tmp_path):
     assert r0["params"] == r1["params"]  # DDP kept the replicas identical, EMA target included
     assert ckpt.load(ckpt.latest(tmp_path / "r"), 0)[0]["world_size"] == 2
     assert (ckpt.latest(tmp_path / "r") / "rng_1.pt").exists()
+
+
+def test_cli_precedence_is_defaults_preset_flags_then_set(tmp_path):
+    """--augment (a flag) must not overwrite --set data.augment.* (applied last), whatever their order."""
+    from jepa_fast import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "d", "--preset", "tiny", "--set", "data.augment.flip_lr=0.25",
+                              "--augment", "full", "--lr", "0.01", "--set", "train.lr=0.02", "--seed", "7"])
+    run = cli.config_from_args(args)
+    assert run.data.augment.flip_lr == 0.25  # --set wins over the --augment preset
+    assert run.data.augment.flip_ud == 0.5 and run.data.augment.noise_p == 0.5  # the rest of --augment full
+    assert run.train.lr == 0.02  # --set wins over --lr
+    assert run.train.seed == 7 and run.data.seed == 7
+    assert run.train.max_steps == 6  # the preset's value where nothing overrides it
+
+
+def _eager_compile(monkeypatch):
+    """torch.compile with Dynamo's tracing (fullgraph checks included) but no Inductor codegen: seconds, not a minute."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, **{**kw, "backend": "eager"}))
+    torch._dynamo.reset()
+
+
+def test_compiled_accelerate_bf16_step_traces_as_one_graph(packed, tmp_path, monkeypatch):
+    """The loop's own path: the Accelerate-prepared module (bf16 autocast wrapper) compiled with fullgraph=True."""
+    _eager_compile(monkeypatch)
+    out = train(_run(max_steps=3, precision="bf16", compile="on", log_every=1), packed, tmp_path / "r",
+                progress=False)
+    assert out["compile_s"] is not None and out["step"] == 3
+    recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert "frames_per_s" not in recs[0] and "frames_per_s" in recs[1]  # step 1 = compilation: no throughput
+
+
+def test_nan_at_the_compiled_first_step_is_caught(packed, tmp_path, monkeypatch):
+    import jepa_fast.train as train_mod
+
+    _eager_compile(monkeypatch)
+    real = train_mod.jepa_loss
+
+    def poisoned(*a, **k):
+        out = real(*a, **k)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "jepa_loss", poisoned)
+    with pytest.raises(JepaFastError, match=r"NaN/Inf between steps 1 and 2"):
+        train(_run(max_steps=6, compile="on", log_every=2), packed, tmp_path / "r", progress=False)

@@ -24,62 +24,56 @@ import numpy as np
 import torch
 
 from jepa_fast.data.batch import Batch, flip_actions_locations
-from jepa_fast.data.loader import SplitData
+from jepa_fast.data.reader import SplitData
 from jepa_fast.data.sampler import Sampler
 from jepa_fast.errors import JepaFastError
 
-OUTPUTS = ["states", "actions", "locations", "indices", "brightness", "noise_std"]
+OUTPUTS = ["states", "actions", "locations", "indices", "brightness", "noise_std", "position"]
 
 
 class _BatchSource:
-    """The external_source callback: stateless in the DALI sense (a pure function of BatchInfo)."""
+    """The external_source callback: stateless in the DALI sense (a pure function of BatchInfo).
 
-    def __init__(self, data: SplitData, sampler: Sampler, base_epoch: int, base_step: int, gpu: bool):
-        r = data.reader
-        if r._blob is None:
+    The sampler maps DALI's (epoch_idx, iteration) to a plan (``Sampler.plan_at``); the plan's
+    (epoch, step) travels with the batch as a CPU output, so the main process hands batches out
+    through ``Sampler.consume`` without re-deriving any position.
+    """
+
+    def __init__(self, data: SplitData, sampler: Sampler, start: tuple[int, int], gpu: bool):
+        if not data.reader.in_ram:
             raise JepaFastError(f"{data.path}: the DALI loader needs the compressed store in RAM")
-        self.blob, self.offset, self.nbytes = r._blob, r.chunk_global, r.chunk_nbytes
-        self.codec, self.frame_shape, self.size = r.codec, data.frame_shape, data.W
-        self.store = str(data.path)
-        self.actions, self.locations = data.actions, data.locations
-        self.sampler = sampler
-        self.base_epoch, self.base_step, self.gpu = base_epoch, base_step, gpu
-        if gpu and r.codec.name != "lz4":
+        if gpu and data.reader.codec.name != "lz4":
             raise JepaFastError(f"{data.path}: GPU decode needs an lz4 store; re-pack with --codec lz4")
+        self.reader, self.frame_shape, self.size = data.reader, data.frame_shape, data.W
+        self.actions, self.locations = data.actions, data.locations
+        self.sampler, self.start, self.gpu = sampler, start, gpu
 
     def __call__(self, info):
-        epoch = self.base_epoch + info.epoch_idx
-        step = info.iteration + (self.base_step if info.epoch_idx == 0 else 0)
-        if step >= self.sampler.steps_per_epoch:
+        plan = self.sampler.plan_at(self.start, info.epoch_idx, info.iteration)
+        if plan is None:
             raise StopIteration
-        plan = self.sampler.plan(epoch, step)
         B = len(plan.indices)
         if self.gpu:
-            # raw LZ4 blocks: skip numcodecs' 4-byte size header of each chunk
-            frames = [self.blob[self.offset[i] + 4:self.offset[i] + self.nbytes[i]] for i in plan.indices]
-            if any(self.nbytes[i] == 0 for i in plan.indices):
-                raise JepaFastError(f"{self.store}: an all-zero (empty) chunk cannot go through GPU inflate")
+            frames = [self._raw_block(int(i)) for i in plan.indices]
         else:
             frames = np.empty((B,) + self.frame_shape, dtype=np.uint8)
-            out = np.empty(self.frame_shape, dtype=np.uint8)
             for j, i in enumerate(plan.indices):
-                nb = self.nbytes[i]
-                if nb == 0:
-                    frames[j] = 0
-                    continue
-                try:
-                    self.codec.decode_into(self.blob[self.offset[i]:self.offset[i] + nb], out)
-                except Exception as e:
-                    raise JepaFastError(f"{self.store}: chunk of trajectory {int(i)} fails to decompress ({e}); "
-                                        "the store is corrupt, re-pack the split") from None
-                frames[j] = out
+                self.reader.decode(int(i), frames[j])
         loc = None if self.locations is None else self.locations[plan.indices]
         actions, loc = flip_actions_locations(self.actions[plan.indices], loc, plan.flip_lr, plan.flip_ud,
                                               self.size)
         if loc is None:
             loc = np.zeros((B, self.frame_shape[0], 2), np.float32)
+        position = np.broadcast_to(np.array([plan.epoch, plan.step], np.int64), (B, 2))
         return (frames, plan.flip_lr.astype(np.int32), plan.flip_ud.astype(np.int32), actions, loc,
-                plan.indices.astype(np.int64), plan.brightness, plan.noise_std)
+                plan.indices.astype(np.int64), plan.brightness, plan.noise_std, position)
+
+    def _raw_block(self, i: int) -> np.ndarray:
+        block = self.reader.raw_block(i)
+        if block is None:
+            raise JepaFastError(f"{self.reader.path}: trajectory {i} is an all-zero (empty) chunk, which GPU "
+                                "inflate cannot decode; drop it from the split or use --loader torch")
+        return np.frombuffer(block, dtype=np.uint8)
 
 
 def _worker_error(e: Exception) -> Exception:
@@ -114,7 +108,7 @@ class DaliLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         s, gpu = self.sampler, self.gpu
-        source = _BatchSource(self.data, s, s.epoch, s.step, gpu)
+        source = _BatchSource(self.data, s, s.position, gpu)
         T, C, H, W = self.data.frame_shape
         start = "spawn" if (gpu and torch.cuda.is_initialized()) else "fork"
 
@@ -122,47 +116,48 @@ class DaliLoader:
                       device_id=(self.device.index or 0) if gpu else None, py_num_workers=self.workers,
                       py_start_method=start, prefetch_queue_depth=self.prefetch, seed=s.seed)
         def pipe():
-            frames, lr, ud, actions, locations, indices, bright, noise = fn.external_source(
-                source=source, num_outputs=8, batch=True, parallel=True, batch_info=True,
-                layout=["FCHW" if not gpu else "", "", "", "", "", "", "", ""])
+            frames, lr, ud, actions, locations, indices, bright, noise, position = fn.external_source(
+                source=source, num_outputs=9, batch=True, parallel=True, batch_info=True,
+                layout=["FCHW" if not gpu else "", "", "", "", "", "", "", "", ""])
             if gpu:
                 frames = fn.decoders.inflate(frames.gpu(), shape=[T, C, H, W], dtype=types.UINT8, layout="FCHW")
             frames = fn.flip(frames, horizontal=lr, vertical=ud)
             if gpu:
                 actions, locations, indices = actions.gpu(), locations.gpu(), indices.gpu()
                 bright, noise = bright.gpu(), noise.gpu()
-            return frames, actions, locations, indices, bright, noise
+            return frames, actions, locations, indices, bright, noise, position  # position stays on the CPU
 
         self._it = None  # release the old pipeline (and its workers) first
         self._pipe = pipe()
         self._pipe.start_py_workers()
         self._pipe.build()
         self._it = DALIGenericIterator(self._pipe, OUTPUTS, auto_reset=True, prepare_first_batch=False)
-        self._expected = (s.epoch, s.step)
+        self._expected = s.position
 
     def __len__(self) -> int:
         return self.sampler.steps_per_epoch
 
     def __iter__(self) -> Iterator[Batch]:
-        """One epoch from the sampler's position (the sampler advances as batches are consumed)."""
+        """The rest of the epoch from the sampler's position (the sampler advances as batches are handed out)."""
         s = self.sampler
-        if self._expected != (s.epoch, s.step):  # resumed, or an epoch was abandoned half-way
+        if self._expected != s.position:  # resumed, or an epoch was abandoned half-way
             self._build()
-        epoch = s.epoch
         self._expected = None  # mid-epoch: a new iterator must rebuild unless this one finishes
+        yield from s.consume(self._batches())
+        self._expected = s.position  # the pipeline's next epoch starts where the sampler now is
+
+    def _batches(self) -> Iterator[tuple[tuple[int, int], Batch]]:
         it = iter(self._it)
         while True:
             try:
                 out = next(it)
             except StopIteration:
-                break
+                return
             except Exception as e:  # a worker's error arrives as a traceback string: keep its one line
                 raise _worker_error(e) from None
             o = out[0]
-            s.step += 1
-            yield Batch(states=o["states"], actions=o["actions"],
-                        locations=o["locations"] if self._has_locations else None,
-                        indices=o["indices"], brightness=o["brightness"], noise_std=o["noise_std"],
-                        scale=self.data.scale.to(o["states"].device))
-        s.epoch, s.step = epoch + 1, 0
-        self._expected = (s.epoch, s.step)
+            epoch, step = o["position"][0].tolist()  # a CPU output: no device sync
+            yield (epoch, step), Batch(states=o["states"], actions=o["actions"],
+                                       locations=o["locations"] if self._has_locations else None,
+                                       indices=o["indices"], brightness=o["brightness"], noise_std=o["noise_std"],
+                                       scale=self.data.scale.to(o["states"].device))

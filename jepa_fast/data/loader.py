@@ -1,4 +1,4 @@
-"""Loader selection, the split data both loaders read, and the plain-torch fallback loader.
+"""Loader selection and the plain-torch loader (the correctness reference and the CPU default).
 
 ``build_loader`` picks DALI when it is importable (``data.loader='auto'``), else the torch loader,
 and logs the choice. Both consume the same ``Sampler`` plans and give identical ``Batch``es.
@@ -25,54 +25,12 @@ import numpy as np
 import torch
 
 from jepa_fast.config import DataConfig
-from jepa_fast.data.batch import Batch, flip_actions_locations, flipped
-from jepa_fast.data.format import StoreReader
+from jepa_fast.data.batch import Batch, flipped
+from jepa_fast.data.reader import SplitData
 from jepa_fast.data.sampler import Plan, Sampler
 from jepa_fast.errors import JepaFastError
 
 log = logging.getLogger(__name__)
-
-
-class SplitData:
-    """A packed split opened for loading: compressed chunks in RAM, actions and locations decoded."""
-
-    def __init__(self, path: Path, in_ram: bool = True):
-        self.path = Path(path)
-        self.reader = StoreReader(self.path)
-        if in_ram:
-            self.reader.load_to_ram()
-        self.actions = self.reader.actions()  # (N, T-1, 2) float32
-        self.locations = self.reader.locations()  # (N, T, 2) float32 or None
-        r = self.reader
-        self.n, self.T, self.C, self.H, self.W = r.n, r.T, r.C, r.H, r.W
-        self.scale = torch.tensor(r.scale, dtype=torch.float32)
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int, int]:
-        return (self.T, self.C, self.H, self.W)
-
-    def decode_into(self, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray | None = None,
-                    flip_ud: np.ndarray | None = None) -> np.ndarray:
-        """Decode trajectories ``indices`` into out (len(indices), T, C, H, W) uint8, flipping as asked.
-
-        A flipped trajectory is decoded into a cache-resident scratch buffer and copied out reversed
-        (one pass over the output instead of decode + a separate flip pass).
-        """
-        tmp = np.empty(self.frame_shape, dtype=np.uint8)
-        for j, i in enumerate(indices):
-            lr = flip_lr is not None and flip_lr[j]
-            ud = flip_ud is not None and flip_ud[j]
-            if not (lr or ud):
-                self.reader.decode(int(i), out[j])
-                continue
-            np.copyto(out[j], flipped(self.reader.decode(int(i), tmp), lr, ud))
-        return out
-
-    def small_arrays(self, plan: Plan) -> tuple[np.ndarray, np.ndarray | None]:
-        """Actions and locations of a plan's trajectories, flipped as the plan says."""
-        idx = plan.indices
-        loc = None if self.locations is None else self.locations[idx]
-        return flip_actions_locations(self.actions[idx], loc, plan.flip_lr, plan.flip_ud, self.W)
 
 
 def make_batch(plan: Plan, states: torch.Tensor, actions: np.ndarray, locations: np.ndarray | None,
@@ -94,7 +52,7 @@ class _Prefetcher:
 
     _DONE = object()
 
-    def __init__(self, plans: Iterator[Plan], produce: Callable[[Plan], Batch], depth: int):
+    def __init__(self, plans: Iterator[Plan], produce: Callable[[Plan], object], depth: int):
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(plans, produce), daemon=True, name="jepa-prefetch")
@@ -234,20 +192,17 @@ class TorchLoader:
         return make_batch(plan, states, actions, locations, d.scale, self.device, non_blocking=pin)
 
     def __iter__(self) -> Iterator[Batch]:
-        """One epoch from the sampler's position (the sampler advances as batches are consumed)."""
-        s = self.sampler
-        epoch, start = s.epoch, s.step
-        perm = s.permutation(epoch)
-        plans = (s.plan(epoch, k, perm) for k in range(start, s.steps_per_epoch))
+        """The rest of the epoch from the sampler's position (the sampler advances as batches are handed out)."""
+        def produce(plan: Plan) -> tuple[tuple[int, int], Batch]:
+            return (plan.epoch, plan.step), self._produce(plan)
+
+        plans = self.sampler.plans()
         # On a CPU device the step and the loader share the same cores, and torch ops called from a
         # second Python thread run ~4x slower here (measured: index_select 0.4 vs 1.9 M frames/s), so
         # the resident gather runs in the consumer's thread; everything else is prefetched.
-        batches = (map(self._produce, plans) if self.frames is not None and self.device.type == "cpu"
-                   else _Prefetcher(plans, self._produce, self.prefetch))
-        for batch in batches:
-            s.step += 1
-            yield batch
-        s.epoch, s.step = epoch + 1, 0
+        batches = (map(produce, plans) if self.frames is not None and self.device.type == "cpu"
+                   else _Prefetcher(plans, produce, self.prefetch))
+        yield from self.sampler.consume(batches)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,19 +1,27 @@
-"""The sampler: the single owner of randomness in data loading.
+"""The sampler: the single owner of randomness in data loading and of the loading position.
 
 For a seed it fixes, per epoch, the permutation of trajectories, the split of every global batch
 into disjoint per-process shards, and every augmentation decision. Loaders (DALI or torch) only
 execute its ``Plan``s, so the same seed gives the same batches whichever loader runs them, and the
 position (epoch, step) is all a checkpoint needs to resume the rest of an epoch exactly.
+
+The position is changed only here: ``plans()`` and ``plan_at()`` are pure, and ``consume()`` moves
+the position past each batch as the loader hands it to the consumer (not when it is prefetched), so
+a checkpoint taken while holding a batch resumes with the next one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from jepa_fast.config import AugmentConfig
 from jepa_fast.errors import JepaFastError
+
+Item = TypeVar("Item")
 
 
 @dataclass
@@ -54,8 +62,8 @@ class Sampler:
         if self.steps_per_epoch == 0:
             raise JepaFastError(f"{name}: {n} trajectories make no full batch of {batch_size} for each of "
                                 f"{world_size} processes; use fewer processes or a smaller batch")
-        self.epoch = 0
-        self.step = 0  # next step within self.epoch
+        self._epoch = 0
+        self._step = 0  # the next batch to hand out is (self._epoch, self._step)
         self._draws: tuple[int, np.ndarray] | None = None
 
     # -- determinism --------------------------------------------------------------------------
@@ -98,16 +106,50 @@ class Sampler:
         noise = np.where(u[:, 4] < a.noise_p, a.noise_std, 0.0).astype(np.float32)
         return Plan(epoch, step, idx, flip_lr, flip_ud, bright, noise)
 
-    # -- iteration with a position --------------------------------------------------------------
-    def __iter__(self):
-        """Plans from the current position to the end of the current epoch; then the next epoch starts."""
-        perm = self.permutation(self.epoch)
-        while self.step < self.steps_per_epoch:
-            plan = self.plan(self.epoch, self.step, perm)
-            self.step += 1
-            yield plan
-        self.epoch += 1
-        self.step = 0
+    # -- the position ---------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(epoch, step) of the next batch to hand out."""
+        return self._epoch, self._step
+
+    def plans(self) -> Iterator[Plan]:
+        """The plans of the rest of the current epoch, from the position on (pure: see ``consume``)."""
+        epoch, start = self.position
+        perm = self.permutation(epoch)
+        for step in range(start, self.steps_per_epoch):
+            yield self.plan(epoch, step, perm)
+
+    def plan_at(self, start: tuple[int, int], epoch_offset: int, iteration: int) -> Plan | None:
+        """For a pipeline started at position ``start`` that counts its own epochs and iterations (DALI's
+        ``BatchInfo``): the plan of its ``iteration``-th batch of its ``epoch_offset``-th epoch, or None
+        past the end of that epoch. Pure."""
+        epoch = start[0] + epoch_offset
+        step = iteration + (start[1] if epoch_offset == 0 else 0)
+        return self.plan(epoch, step) if step < self.steps_per_epoch else None
+
+    def consume(self, items: Iterable[tuple[tuple[int, int], Item]]) -> Iterator[Item]:
+        """Hand out ``items`` ((epoch, step) of its plan, item) in order, moving the position past each
+        one as it is handed out; after an epoch's last batch the position is the next epoch's start.
+        An item that is not the one at the position is a loader bug and raises."""
+        for (epoch, step), item in items:
+            if (epoch, step) != self.position:
+                raise RuntimeError(f"loader handed out batch {(epoch, step)} while the sampler is at {self.position}")
+            self._step += 1
+            if self._step == self.steps_per_epoch:
+                self._epoch, self._step = self._epoch + 1, 0
+            yield item
+
+    def __iter__(self) -> Iterator[Plan]:
+        """The plans of the rest of the current epoch, consumed (the position advances)."""
+        return self.consume(((p.epoch, p.step), p) for p in self.plans())
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -121,4 +163,7 @@ class Sampler:
             if state.get(key) != getattr(self, key):
                 raise JepaFastError(f"sampler state: {key}={state.get(key)} does not match this run's "
                                     f"{getattr(self, key)}; resume with the same data and settings")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if step >= self.steps_per_epoch:  # saved by an older version at the end of an epoch
+            epoch, step = epoch + 1, 0
+        self._epoch, self._step = epoch, step

@@ -1,0 +1,259 @@
+"""The packer: validate raw split folders (the original .npy format), then stream them into stores.
+
+``pack_split`` packs one split folder into ``<dst>.zarr``; ``pack_path`` packs one split or every split
+of a dataset root. Work happens in ``<dst>.partial`` with a small progress file, so a killed pack
+resumes after its last complete block (``--resume``) and the store appears only when complete. Reads
+are bounded (a pool of ~16 MiB blocks); quantisation, compression and writes run on worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from jepa_fast import atomic
+from jepa_fast.config import PackConfig
+from jepa_fast.data.reader import store_nbytes
+from jepa_fast.data.schema import ChunkCodec, channel_range, scale_for
+from jepa_fast.data.source import Source, find_splits, open_source, read_block
+from jepa_fast.data.writer import StoreWriter
+from jepa_fast.errors import JepaFastError
+from jepa_fast.progress import frame_bar
+
+SCALE_HEADROOM = 1.01
+"""With pack.scale='sample', the scale is this x the sampled max (a value above it triggers a repack)."""
+SAMPLE_TRAJECTORIES = 64
+"""Trajectories read (evenly strided) to estimate the per-channel max with pack.scale='sample'."""
+PROGRESS_FILE = "pack_progress.json"
+
+# ---------------------------------------------------------------------------------------------
+# Packing
+
+
+class _ScaleOverflow(Exception):
+    def __init__(self, value_max):
+        self.value_max = value_max
+
+
+def _check_block(src: Path, x: np.ndarray, start: int, scale: np.ndarray | None) -> np.ndarray:
+    """Validate a block of source frames; returns its per-channel max."""
+    mn, mx, finite = channel_range(x)
+    f = src / "states.npy"
+    if not finite:
+        bad = start + int(np.nonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0][0])
+        raise JepaFastError(f"{f}: trajectory {bad} contains NaN or Inf; fix or drop it before packing")
+    if (mn < 0).any():
+        bad = start + int(np.nonzero((x < 0).reshape(len(x), -1).any(axis=1))[0][0])
+        raise JepaFastError(f"{f}: trajectory {bad} has negative values ({mn.min():.4g}); frames must be >= 0")
+    if scale is not None and x.dtype != np.uint8 and (mx / scale >= 255.5).any():
+        raise _ScaleOverflow(mx)
+    return mx
+
+
+def _full_max(source: Source, block: int, progress: bool) -> np.ndarray:
+    N = len(source.states)
+    mx = np.zeros(source.states.shape[2])
+    bar = frame_bar(N * source.states.shape[1], progress, "scan max")
+    with open(source.path / "states.npy", "rb") as fh:
+        for a in range(0, N, block):
+            b = min(N, a + block)
+            mx = np.maximum(mx, _check_block(source.path, read_block(fh, source, a, b), a, None))
+            bar.update((b - a) * source.states.shape[1])
+    bar.close()
+    return mx
+
+
+def _sample_max(source: Source) -> np.ndarray:
+    N = len(source.states)
+    idx = np.unique(np.linspace(0, N - 1, min(N, SAMPLE_TRAJECTORIES)).round().astype(int))
+    mx = np.zeros(source.states.shape[2])
+    for i in idx:
+        mx = np.maximum(mx, _check_block(source.path, np.asarray(source.states[i:i + 1]), int(i), None))
+    return mx
+
+
+def pack_split(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bool = False, resume: bool = False,
+               progress: bool = True) -> dict:
+    """Pack one raw split folder into ``dst`` (a ``.zarr`` store). Atomic and resumable.
+
+    Work happens in ``<dst>.partial``; the store appears at ``dst`` only when complete. A killed pack
+    leaves the partial store and ``--resume`` continues after the last complete shard. Bad input
+    raises ``JepaFastError`` and removes the partial store.
+    """
+    cfg = cfg or PackConfig()
+    src, dst = Path(src), Path(dst)
+    source = open_source(src)
+    atomic.check_destination(dst, overwrite, "store")
+    partial = dst.with_name(dst.name + ".partial")
+    N, T, C, H, W = source.states.shape
+    codec = ChunkCodec(cfg.codec, cfg.zstd_level)
+    k = cfg.trajectories_per_shard(T * C * H * W)
+    options = {"codec": cfg.codec, "zstd_level": cfg.zstd_level, "k": k, "scale_mode": cfg.scale}
+    t0 = time.perf_counter()
+    state = _load_progress(partial, source, options) if resume else None
+    if resume and state is None and partial.exists():
+        print(f"{partial}: not resumable (source or options changed); starting over")
+    try:
+        if state is None:
+            shutil.rmtree(partial, ignore_errors=True)
+            value_max = _sample_max(source) if cfg.scale == "sample" else _full_max(source, _block_len(source, k),
+                                                                                     progress)
+            headroom = SCALE_HEADROOM if cfg.scale == "sample" else 1.0
+            state = {"done": 0, "scale": scale_for(value_max, source.states.dtype, headroom).tolist(),
+                     "value_max": [0.0] * C, "walls_static": True, "options": options,
+                     "source": source.fingerprint()}
+            create = True
+        else:
+            create = False
+            for stray in partial.rglob(".*"):  # temp files of writes the kill interrupted
+                if stray.is_file():
+                    stray.unlink()
+            print(f"resuming {partial} after trajectory {state['done']:,} of {N:,}")
+        while True:
+            writer = StoreWriter(partial, N, T, C, H, W, k, codec, np.array(state["scale"]),
+                                 source.locations is not None, _source_attrs(source), create=create)
+            _save_progress(partial, state)
+            try:
+                _pack_states(source, writer, state, cfg.workers, progress)
+                break
+            except _ScaleOverflow:
+                print("a value exceeds the sampled scale; rescanning for the exact max and repacking")
+                shutil.rmtree(partial, ignore_errors=True)
+                value_max = _full_max(source, _block_len(source, k), progress)
+                state = {**state, "done": 0, "scale": scale_for(value_max, source.states.dtype).tolist(),
+                         "value_max": [0.0] * C, "walls_static": True}
+                create = True
+        writer.finalize(np.asarray(source.actions), None if source.locations is None else np.asarray(source.locations),
+                        {"value_max": state["value_max"], "source_dtype": str(source.states.dtype),
+                         "walls_static": state["walls_static"]})
+        (partial / PROGRESS_FILE).unlink(missing_ok=True)
+    except JepaFastError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    atomic.replace_path(partial, dst)
+    seconds = time.perf_counter() - t0
+    return {"store": str(dst), "n": N, "frames": N * T, "seconds": seconds, "k": k,
+            "bytes_in": int(source.states.nbytes), "bytes_out": store_nbytes(dst)}
+
+
+def _block_len(source: Source, k: int) -> int:
+    """Trajectories per read block: a multiple of k, ~16 MiB of source bytes."""
+    row = int(np.prod(source.states.shape[1:])) * source.states.dtype.itemsize
+    return k * max(1, round((16 << 20) / (k * row)))
+
+
+def _source_attrs(source: Source) -> dict:
+    meta = {}
+    for p in (source.path / "dataset.json", source.path.parent / "dataset.json",
+              source.path.parent.parent / "dataset.json"):
+        if p.exists():
+            try:
+                meta = json.loads(p.read_text())
+            except ValueError:
+                meta = {}
+            break
+    return {"source": {"path": str(source.path.resolve()), "generator": meta.get("format", "unknown"),
+                       "seed": meta.get("seed")}}
+
+
+def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int, progress: bool) -> None:
+    N, T = source.states.shape[:2]
+    block = _block_len(source, writer.k)
+    bar = frame_bar(N * T, progress, "pack")
+    bar.update(state["done"] * T)
+    scale = np.asarray(state["scale"])
+    value_max = np.asarray(state["value_max"], dtype=np.float64)
+    lock = threading.Lock()
+
+    def work(a: int, x: np.ndarray) -> None:
+        mx = _check_block(source.path, x, a, scale)
+        static = writer.write_block(a, x)
+        with lock:
+            np.maximum(value_max, mx, out=value_max)
+            if not static:
+                state["walls_static"] = False
+
+    pending: deque[tuple[int, Future, np.ndarray]] = deque()
+    # a fixed pool of read buffers (no page faults on fresh memory per block); bounded memory
+    free = [np.empty((block,) + source.states.shape[1:], source.states.dtype) for _ in range(2 * workers + 1)]
+    with open(source.path / "states.npy", "rb", buffering=0) as fh, ThreadPoolExecutor(workers) as pool:
+        try:
+            for a in range(state["done"], N, block):
+                b = min(N, a + block)
+                buf = free.pop()
+                x = read_block(fh, source, a, b, buf)
+                pending.append((b, pool.submit(work, a, x), buf))
+                while len(pending) > 2 * workers:
+                    done, fut, used = pending.popleft()
+                    fut.result()
+                    free.append(used)
+                    bar.update((done - state["done"]) * T)
+                    state["done"] = done
+                    state["value_max"] = value_max.tolist()
+                    _save_progress(writer.path, state)  # tiny file, no fsync: cheap at every block
+            while pending:
+                done, fut, _ = pending.popleft()
+                fut.result()
+                bar.update((done - state["done"]) * T)
+                state["done"] = done
+        finally:
+            for _, fut, _ in pending:
+                fut.cancel()
+            bar.close()
+    state["value_max"] = value_max.tolist()
+    _save_progress(writer.path, state)
+
+
+def _save_progress(partial: Path, state: dict) -> None:
+    """Record progress (tiny file; write + rename, no fsync: it must survive a killed process, not a crash)."""
+    tmp = partial / f".{PROGRESS_FILE}.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, partial / PROGRESS_FILE)
+
+
+def _load_progress(partial: Path, source: Source, options: dict) -> dict | None:
+    f = partial / PROGRESS_FILE
+    if not f.exists():
+        return None
+    try:
+        state = json.loads(f.read_text())
+    except ValueError:
+        return None
+    if state.get("options") != options or state.get("source") != source.fingerprint():
+        return None
+    return state
+
+
+def pack_path(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bool = False, resume: bool = False,
+              progress: bool = True) -> list[dict]:
+    """Pack one split folder, or a dataset root with all its splits (dst/<split>.zarr each)."""
+    src, dst = Path(src), Path(dst)
+    if (src / "states.npy").exists() or (src / "actions.npy").exists():
+        return [pack_split(src, dst, cfg, overwrite, resume, progress)]
+    if not src.is_dir():
+        raise JepaFastError(f"{src}: no such folder")
+    splits = find_splits(src)
+    if not splits:
+        raise JepaFastError(f"{src}: no split folders (folders with states.npy) found; "
+                            "point at a split or a dataset root")
+    if dst.suffix == ".zarr":
+        raise JepaFastError(f"{dst}: a dataset root packs into a folder of <split>.zarr stores; drop the .zarr suffix")
+    for s in splits:
+        open_source(src / s)  # validate every split before writing any
+    out = []
+    for s in splits:
+        print(f"packing {s}")
+        out.append(pack_split(src / s, dst / f"{s}.zarr", cfg, overwrite, resume, progress))
+    if (src / "dataset.json").exists():
+        atomic.atomic_write_bytes(dst / "dataset.json", (src / "dataset.json").read_bytes())
+    return out
+
+

@@ -1,0 +1,242 @@
+"""The store reader: random access to a packed split by trajectory index, and the in-RAM split.
+
+``StoreReader`` parses every shard's index once and then reads chunk bytes by offset (``os.pread``,
+or from one in-RAM buffer), never through zarr's per-chunk machinery (~100x slower for random
+access). ``SplitData`` is a split opened for loading: compressed chunks in RAM plus the decoded small
+arrays; both loaders (torch and DALI) and the prober read through it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from jepa_fast.data.batch import flip_actions_locations, flipped
+from jepa_fast.data.sampler import Plan
+from jepa_fast.data.schema import FORMAT_NAME, MAX_U64, SCHEMA_VERSION, ChunkCodec, raw_lz4_block, shard_path
+from jepa_fast.errors import JepaFastError
+from jepa_fast.progress import frame_bar
+
+
+def store_nbytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+
+class StoreReader:
+    """Random access to a packed split by trajectory index, reading chunk bytes by offset.
+
+    ``load_to_ram()`` reads every shard into one contiguous buffer (the compressed store is ~50x
+    smaller than uint8 frames); otherwise chunks are read with ``os.pread`` on demand.
+    """
+
+    def __init__(self, path: Path):
+        import zarr
+
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise JepaFastError(f"{self.path}: not a packed store (no zarr.json); create it with jepa-fast pack")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # numcodecs codecs are "not in the Zarr v3 specification"
+                group = zarr.open_group(str(self.path), mode="r")
+                attrs = dict(group.attrs)
+        except Exception as e:  # zarr raises many types for broken metadata
+            raise JepaFastError(f"{self.path}: unreadable store metadata ({type(e).__name__}: {e})") from None
+        if attrs.get("format") != FORMAT_NAME:
+            raise JepaFastError(f"{self.path}: not a jepa-fast store (format={attrs.get('format')!r}); "
+                                "create it with jepa-fast pack")
+        if attrs.get("schema_version") != SCHEMA_VERSION:
+            raise JepaFastError(f"{self.path}: schema version {attrs.get('schema_version')}, this jepa-fast reads "
+                                f"version {SCHEMA_VERSION}; re-pack it with this version's jepa-fast pack")
+        if not attrs.get("complete"):
+            raise JepaFastError(f"{self.path}: incomplete store (an interrupted pack?); re-run jepa-fast pack")
+        names = set(group.array_keys())
+        for need in ("states", "actions"):
+            if need not in names:
+                raise JepaFastError(f"{self.path}: array {need!r} is missing; re-pack the split")
+        self.attrs = attrs
+        states = group["states"]
+        self.n, self.T, self.C, self.H, self.W = states.shape
+        self.k = int(attrs["trajectories_per_shard"])
+        self.scale = np.asarray(attrs["scale"], dtype=np.float64)
+        meta = states.metadata.to_dict()
+        inner = meta["codecs"][0]["configuration"]["codecs"]
+        self.codec = ChunkCodec.from_metadata(list(inner))
+        self.traj_bytes = self.T * self.C * self.H * self.W
+        self._group = group
+        self._parse_indices()
+        self._blob: np.ndarray | None = None
+
+    # index ------------------------------------------------------------------------------------
+    def _parse_indices(self) -> None:
+        import google_crc32c
+
+        n_shards = -(-self.n // self.k)
+        self.chunk_shard = np.repeat(np.arange(n_shards), self.k)[: self.n]
+        self.chunk_offset = np.zeros(self.n, dtype=np.int64)  # within its shard file
+        self.chunk_nbytes = np.zeros(self.n, dtype=np.int64)  # 0 = empty chunk (all zero)
+        self.shard_size = np.zeros(n_shards, dtype=np.int64)
+        tail = self.k * 16 + 4
+        for s in range(n_shards):
+            p = shard_path(self.path, s)
+            if not p.exists():
+                continue
+            size = p.stat().st_size
+            if size < tail:
+                raise JepaFastError(f"{p}: shard {s} is truncated ({size} bytes); re-pack the split")
+            with open(p, "rb") as f:
+                f.seek(size - tail)
+                raw = f.read(tail)
+            if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise JepaFastError(f"{p}: shard {s} index fails its CRC32C check (corrupt file); re-pack the split")
+            idx = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.k, 2)
+            lo, hi = s * self.k, min(self.n, (s + 1) * self.k)
+            m = hi - lo
+            present = idx[:m, 0] != MAX_U64
+            off = np.where(present, idx[:m, 0], 0).astype(np.int64)
+            nb = np.where(present, idx[:m, 1], 0).astype(np.int64)
+            if (off + nb > size - tail).any():
+                raise JepaFastError(f"{p}: shard {s} index points past the end of the file (corrupt); "
+                                    "re-pack the split")
+            self.chunk_offset[lo:hi] = off
+            self.chunk_nbytes[lo:hi] = nb
+            self.shard_size[s] = size
+        self.chunk_global = None
+
+    @property
+    def in_ram(self) -> bool:
+        """Whether ``load_to_ram`` has run (chunks are then served from one buffer, with no file reads)."""
+        return self._blob is not None
+
+    def load_to_ram(self) -> None:
+        """Read every stored chunk into one contiguous buffer (compressed), ordered by trajectory."""
+        if self._blob is not None:
+            return
+        starts = np.concatenate([[0], np.cumsum(self.chunk_nbytes)[:-1]]).astype(np.int64)
+        blob = np.empty(int(self.chunk_nbytes.sum()), dtype=np.uint8)
+        for s in np.nonzero(self.shard_size)[0]:
+            lo, hi = s * self.k, min(self.n, (s + 1) * self.k)
+            data = shard_path(self.path, s).read_bytes()
+            for i in range(lo, hi):
+                nb = self.chunk_nbytes[i]
+                if nb:
+                    o = self.chunk_offset[i]
+                    blob[starts[i]:starts[i] + nb] = np.frombuffer(data, np.uint8, nb, o)
+        self._blob = blob
+        self.chunk_global = starts
+
+    def chunk(self, i: int) -> memoryview | None:
+        """Stored bytes of trajectory i's chunk (codec framing included), or None if the chunk is empty."""
+        nb = int(self.chunk_nbytes[i])
+        if nb == 0:
+            return None
+        if self._blob is not None:
+            g = int(self.chunk_global[i])
+            return memoryview(self._blob)[g:g + nb]
+        fd = os.open(shard_path(self.path, int(self.chunk_shard[i])), os.O_RDONLY)
+        try:
+            return memoryview(os.pread(fd, nb, int(self.chunk_offset[i])))
+        finally:
+            os.close(fd)
+
+    def raw_block(self, i: int) -> memoryview | None:
+        """The raw LZ4 block of trajectory i (what DALI's inflate takes); lz4 stores only."""
+        if self.codec.name != "lz4":
+            raise JepaFastError(f"{self.path}: codec {self.codec.name} has no raw LZ4 blocks; re-pack with --codec lz4")
+        c = self.chunk(i)
+        return None if c is None else raw_lz4_block(c)
+
+    def decode(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 frames (T, C, H, W) of trajectory i."""
+        if out is None:
+            out = np.empty((self.T, self.C, self.H, self.W), dtype=np.uint8)
+        c = self.chunk(i)
+        if c is None:
+            out[...] = 0
+            return out
+        try:
+            self.codec.decode_into(c, out)
+        except Exception as e:  # numcodecs raises RuntimeError/ValueError on corrupt input
+            raise JepaFastError(f"{self.path}: chunk of trajectory {i} (shard {int(self.chunk_shard[i])}) fails to "
+                                f"decompress ({e}); the store is corrupt, re-pack the split") from None
+        return out
+
+    # small arrays -------------------------------------------------------------------------------
+    def actions(self) -> np.ndarray:
+        return np.asarray(self._group["actions"][...])
+
+    def locations(self) -> np.ndarray | None:
+        if "locations" not in set(self._group.array_keys()):
+            return None
+        return np.asarray(self._group["locations"][...])
+
+    def verify(self, progress: bool = False) -> int:
+        """Decode every chunk and check sizes; returns the number of chunks checked."""
+        out = np.empty((self.T, self.C, self.H, self.W), dtype=np.uint8)
+        bar = frame_bar(self.n * self.T, progress, "verify")
+        for i in range(self.n):
+            self.decode(i, out)
+            bar.update(self.T)
+        bar.close()
+        for name, arr in (("actions", self.actions()), ("locations", self.locations())):
+            if arr is not None and not np.isfinite(arr).all():
+                raise JepaFastError(f"{self.path}: {name} contain NaN or Inf")
+        return self.n
+
+    def describe(self) -> dict:
+        stored = store_nbytes(self.path)
+        return {"store": str(self.path), "shape": [self.n, self.T, self.C, self.H, self.W],
+                "trajectories_per_shard": self.k, "shards": int(-(-self.n // self.k)), "codec": self.codec.name,
+                "scale": self.scale.tolist(), "value_max": self.attrs.get("value_max"),
+                "source_dtype": self.attrs.get("source_dtype"), "stored_bytes": stored,
+                "ratio_vs_uint8": round(self.n * self.traj_bytes / max(stored, 1), 2),
+                "ratio_vs_float32": round(4 * self.n * self.traj_bytes / max(stored, 1), 2),
+                "stats": self.attrs.get("stats"), "schema_version": self.attrs.get("schema_version")}
+
+
+class SplitData:
+    """A packed split opened for loading: compressed chunks in RAM, actions and locations decoded."""
+
+    def __init__(self, path: Path, in_ram: bool = True):
+        self.path = Path(path)
+        self.reader = StoreReader(self.path)
+        if in_ram:
+            self.reader.load_to_ram()
+        self.actions = self.reader.actions()  # (N, T-1, 2) float32
+        self.locations = self.reader.locations()  # (N, T, 2) float32 or None
+        r = self.reader
+        self.n, self.T, self.C, self.H, self.W = r.n, r.T, r.C, r.H, r.W
+        import torch  # here, not at the top: pack and inspect read stores without needing torch
+
+        self.scale = torch.tensor(r.scale, dtype=torch.float32)  # (C,)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int, int]:
+        return (self.T, self.C, self.H, self.W)
+
+    def decode_into(self, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray | None = None,
+                    flip_ud: np.ndarray | None = None) -> np.ndarray:
+        """Decode trajectories ``indices`` into out (len(indices), T, C, H, W) uint8, flipping as asked.
+
+        A flipped trajectory is decoded into a cache-resident scratch buffer and copied out reversed
+        (one pass over the output instead of decode + a separate flip pass).
+        """
+        tmp = np.empty(self.frame_shape, dtype=np.uint8)
+        for j, i in enumerate(indices):
+            lr = flip_lr is not None and flip_lr[j]
+            ud = flip_ud is not None and flip_ud[j]
+            if not (lr or ud):
+                self.reader.decode(int(i), out[j])
+                continue
+            np.copyto(out[j], flipped(self.reader.decode(int(i), tmp), lr, ud))
+        return out
+
+    def small_arrays(self, plan: Plan) -> tuple[np.ndarray, np.ndarray | None]:
+        """Actions and locations of a plan's trajectories, flipped as the plan says."""
+        idx = plan.indices
+        loc = None if self.locations is None else self.locations[idx]
+        return flip_actions_locations(self.actions[idx], loc, plan.flip_lr, plan.flip_ud, self.W)

@@ -1,0 +1,167 @@
+"""The packed store's schema, defined once: format name and version, shard paths, codec, quantisation.
+
+A split is packed into one Zarr v3 group ``<split>.zarr`` that plain zarr-python can open:
+
+    states     uint8 (N, T, C, H, W); value = uint8 x attrs["scale"][c]
+               sharded: one shard file (``states/c/<s>/0/0/0/0``) holds k whole trajectories
+               (k chosen so a shard is ~1 MiB raw); inside it every trajectory is its own inner chunk,
+               compressed with ``numcodecs.lz4`` (default) or ``zstd``
+    actions    float32 (N, T-1, 2)
+    locations  float32 (N, T, 2)          (only when the source has them)
+    attrs      format, schema_version, complete, n, seq_len, channels, image_size, scale,
+               value_max, source_dtype, codec, trajectories_per_shard, source, stats,
+               walls_static (channel 1 identical in every frame of every trajectory)
+
+Why one trajectory per inner chunk: it is the unit the loader samples, and with LZ4 the stored bytes of
+an inner chunk are ``<4-byte little-endian size><raw LZ4 block>`` (numcodecs' framing), so skipping 4
+bytes gives exactly the raw block that DALI's GPU ``fn.decoders.inflate`` decompresses. Each shard
+file ends with zarr's shard index: k x (offset, nbytes) little-endian uint64 (2**64-1 = empty chunk)
+followed by the CRC32C of those bytes.
+
+Quantisation of float input: q = floor(x / scale + 0.5) with a per-channel scale >= max / 255, so
+|q * scale - x| <= scale / 2 everywhere (no clipping: a value that would clip makes the packer repack
+with the exact max). uint8 input is stored exactly with scale 1.
+
+The writer (``writer.py``), the reader (``reader.py``) and the packer (``pack.py``) build on this file.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from jepa_fast.errors import JepaFastError
+
+FORMAT_NAME = "jepa-fast-zarr"
+SCHEMA_VERSION = 1
+MAX_U64 = 2**64 - 1
+"""The shard index's marker of an empty (not stored, all-zero) chunk."""
+
+# We store chunks with numcodecs.lz4 on purpose (its bytes are raw LZ4 blocks DALI can inflate); zarr
+# warns on every open that such codecs are outside the v3 core spec. Say it once, here, instead.
+warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
+
+# ---------------------------------------------------------------------------------------------
+# Codecs: the chunk compressor (bytes in the shard) and its zarr metadata twin
+
+
+def _zarr_lz4_codec():
+    """zarr's wrapper of numcodecs' LZ4 (metadata name "numcodecs.lz4")."""
+    try:
+        from zarr.codecs.numcodecs import LZ4  # zarr >= 3.1.3
+    except ImportError:  # older zarr: the wrapper lived in numcodecs
+        from numcodecs.zarr3 import LZ4
+    return LZ4(acceleration=1)
+
+
+class ChunkCodec:
+    """Compresses/decompresses one inner chunk exactly as the zarr codec named in the metadata does."""
+
+    def __init__(self, name: str, level: int = 3):
+        import numcodecs
+
+        self.name = name
+        self.level = level
+        if name == "lz4":
+            self._codec = numcodecs.LZ4(acceleration=1)
+        elif name == "zstd":
+            self._codec = numcodecs.Zstd(level=level, checksum=False)
+        else:
+            raise JepaFastError(f"codec {name!r}: use lz4 or zstd")
+
+    def zarr_codec(self):
+        if self.name == "lz4":
+            return _zarr_lz4_codec()
+        from zarr.codecs import ZstdCodec
+
+        return ZstdCodec(level=self.level, checksum=False)
+
+    def encode(self, arr: np.ndarray) -> bytes:
+        return self._codec.encode(arr)
+
+    def decode_into(self, chunk, out: np.ndarray) -> None:
+        """Decompress stored chunk bytes into ``out`` (contiguous uint8)."""
+        self._codec.decode(chunk, out=out)
+
+    @staticmethod
+    def from_metadata(codecs: list) -> ChunkCodec:
+        for c in codecs:
+            name = c.get("name")
+            if name == "numcodecs.lz4":
+                return ChunkCodec("lz4")
+            if name == "zstd":
+                return ChunkCodec("zstd", c.get("configuration", {}).get("level", 3))
+        raise JepaFastError(f"states codecs {codecs}: not a codec this reader knows (lz4 or zstd)")
+
+
+def raw_lz4_block(chunk: memoryview | bytes) -> memoryview:
+    """The raw LZ4 block of a stored lz4 chunk: numcodecs' framing is a 4-byte size, then the block."""
+    return memoryview(chunk)[4:]
+
+# ---------------------------------------------------------------------------------------------
+# Quantisation
+
+
+def scale_for(max_value: np.ndarray, source_dtype: np.dtype, headroom: float = 1.0) -> np.ndarray:
+    """Per-channel scale (value = uint8 x scale) for a channel maximum; 1 for uint8 input."""
+    if np.dtype(source_dtype) == np.uint8:
+        return np.ones_like(max_value, dtype=np.float64)
+    m = np.asarray(max_value, dtype=np.float64) * headroom / 255.0
+    return np.where(m > 0, m, 1.0)
+
+
+_tls = threading.local()
+
+
+def quantize(x: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """x (..., C, H, W) -> uint8 floor(x / scale + 0.5). The caller guarantees x / scale < 255.5.
+
+    The product is formed in float64 (float32 would round x / scale by up to 2^-16 and break the
+    |q * scale - x| <= scale / 2 bound at ties), a ~1 MiB slab of frames at a time so the temporary
+    stays in cache; the slab buffer is per thread.
+    """
+    if out is None:
+        out = np.empty(x.shape, dtype=np.uint8)
+    if x.dtype == np.uint8:
+        np.copyto(out, x)
+        return out
+    C, H, W = x.shape[-3:]
+    frames = x.reshape((-1, C, H, W))  # (M, C, H, W)
+    dest = out.reshape(frames.shape)
+    inv = (1.0 / np.asarray(scale, dtype=np.float64)).reshape(C, 1, 1)
+    slab = max(1, (1 << 17) // (C * H * W))
+    buf = getattr(_tls, "buf", None)
+    if buf is None or buf.shape != (slab, C, H, W):
+        buf = _tls.buf = np.empty((slab, C, H, W), dtype=np.float64)
+    for a in range(0, len(frames), slab):
+        b = buf[: min(slab, len(frames) - a)]
+        np.multiply(frames[a:a + slab], inv, out=b)
+        b += 0.5
+        np.copyto(dest[a:a + slab], b, casting="unsafe")
+    return out
+
+
+def channel_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(per-channel min, per-channel max, all finite) of x (N, T, C, H, W)."""
+    N, T, C, H, W = x.shape
+    v = x.reshape(N * T, C, H * W)
+    mx = v.max(axis=(0, 2)).astype(np.float64)
+    mn = v.min(axis=(0, 2)).astype(np.float64)
+    finite = bool(np.isfinite(mx).all() and np.isfinite(mn).all())
+    return mn, mx, finite
+
+
+
+def walls_static(q: np.ndarray) -> bool:
+    """Is channel 1 (walls) of q (N, T, C, H, W) identical across T in every trajectory?"""
+    return bool(q.shape[2] > 1 and (q[:, 1:, 1] == q[:, :1, 1]).all())
+
+
+
+def shard_path(store: Path, s: int) -> Path:
+    return Path(store) / "states" / "c" / str(s) / "0" / "0" / "0" / "0"
+
+

@@ -1,0 +1,130 @@
+"""The store writer: encodes shards (the same bytes zarr writes) and writes a split store.
+
+Shards are encoded here rather than through zarr so that quantisation and compression run on several
+threads; zarr-python writes the metadata and the small arrays. A test proves the shard bytes equal
+zarr's. Used by the packer (``pack.py``) and by ``jepa-fast generate --format zarr`` (the simulator
+depends on this writer, never the reverse).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jepa_fast.data.schema import FORMAT_NAME, MAX_U64, SCHEMA_VERSION, ChunkCodec, quantize, shard_path, walls_static
+
+
+def encode_shard(q: np.ndarray, k: int, codec: ChunkCodec) -> bytes | None:
+    """Bytes of one shard file holding trajectories q (m <= k, T, C, H, W) uint8, as zarr writes them.
+
+    Inner chunks equal to the fill value (all zero) are not stored (zarr's write_empty_chunks=False);
+    returns None when every chunk is empty (zarr then writes no file).
+    """
+    import google_crc32c
+
+    index = np.full((k, 2), MAX_U64, dtype="<u8")
+    parts = []
+    offset = 0
+    for i in range(len(q)):
+        traj = q[i]
+        if not traj.any():
+            continue
+        b = codec.encode(traj)
+        index[i] = (offset, len(b))
+        parts.append(b)
+        offset += len(b)
+    if not parts:
+        return None
+    index_bytes = index.tobytes()
+    parts.append(index_bytes)
+    parts.append(google_crc32c.value(index_bytes).to_bytes(4, "little"))
+    return b"".join(parts)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer
+
+
+class StoreWriter:
+    """Writes one split store: metadata via zarr, shards by offset, small arrays at the end."""
+
+    def __init__(self, path: Path, n: int, T: int, C: int, H: int, W: int, k: int, codec: ChunkCodec,
+                 scale: np.ndarray, has_locations: bool, attrs: dict, create: bool = True):
+        import zarr
+
+        self.path = Path(path)
+        self.n, self.T, self.C, self.H, self.W, self.k = n, T, C, H, W, k
+        self.codec = codec
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self.has_locations = has_locations
+        if create:
+            group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
+            group.create_array("states", shape=(n, T, C, H, W), dtype="uint8", chunks=(1, T, C, H, W),
+                               shards=(k, T, C, H, W), compressors=[codec.zarr_codec()], fill_value=0)
+            rows = min(n, 1 << 16)
+            group.create_array("actions", shape=(n, T - 1, 2), dtype="float32", chunks=(rows, T - 1, 2),
+                               fill_value=0.0)
+            if has_locations:
+                group.create_array("locations", shape=(n, T, 2), dtype="float32", chunks=(rows, T, 2),
+                                   fill_value=0.0)
+            group.attrs.update({**attrs, "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION,
+                                "complete": False, "n": n, "seq_len": T, "channels": C, "image_size": H,
+                                "scale": self.scale.tolist(), "codec": codec.name,
+                                "trajectories_per_shard": k})
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n // self.k)
+
+    def shard_path(self, s: int) -> Path:
+        return shard_path(self.path, s)
+
+    def write_shard(self, s: int, q: np.ndarray) -> int:
+        """Encode and write shard s from its trajectories q (uint8). Returns bytes written."""
+        data = encode_shard(q, self.k, self.codec)
+        p = self.shard_path(s)
+        if data is None:
+            p.unlink(missing_ok=True)
+            return 0
+        # Written in place: the store as a whole is atomic (it lives in <dst>.partial until complete),
+        # and a resume rewrites every shard past the last recorded one, torn or not.
+        os.makedirs(p.parent, exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(data)
+        return len(data)
+
+    def write_block(self, start: int, x: np.ndarray) -> bool:
+        """Quantise and write trajectories [start, start + len(x)); start is a multiple of k.
+
+        Returns whether the wall channel (1) is the same in every frame of every trajectory written.
+        """
+        q = quantize(x, self.scale)
+        for a in range(0, len(q), self.k):
+            self.write_shard((start + a) // self.k, q[a:a + self.k])
+        return walls_static(q)
+
+    def finalize(self, actions: np.ndarray, locations: np.ndarray | None, extra_attrs: dict) -> None:
+        """Write the small arrays and the statistics, and mark the store complete."""
+        import zarr
+
+        group = zarr.open_group(str(self.path), mode="r+")
+        group["actions"][...] = np.asarray(actions, dtype=np.float32)
+        stats = {"action_mean": _mean(actions), "action_std": _std(actions)}
+        if self.has_locations:
+            group["locations"][...] = np.asarray(locations, dtype=np.float32)
+            stats.update(location_mean=_mean(locations), location_std=_std(locations))
+        group.attrs.update({**extra_attrs, "stats": stats, "complete": True})
+
+
+
+def _mean(a) -> list[float]:
+    return np.asarray(a, dtype=np.float64).reshape(-1, 2).mean(0).round(6).tolist()
+
+
+def _std(a) -> list[float]:
+    return np.asarray(a, dtype=np.float64).reshape(-1, 2).std(0).round(6).tolist()
+
+
