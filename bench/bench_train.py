@@ -5,9 +5,10 @@
 (a) reference: what the course project's users run: the naive loader (np.load mmap of the float32
     .npy, per-item ``torch.from_numpy(states[i]).float().to(device)``, DataLoader shuffle/drop_last),
     eager fp32, the torch loss, AdamW + cosine + clipping + EMA, every frame through both encoders.
-(b) jepa-fast: ``jepa_fast.train.train`` on the packed store: its loader (auto), bf16 autocast,
-    torch.compile (auto: on with CUDA), Triton VICReg kernels on GPU (torch loss on CPU), the wall
-    branch run once per trajectory (the store certifies walls are static).
+(b) jepa-fast: ``jepa_fast.train.train`` on the packed store: its loader (auto), once per precision
+    the device runs (fp32 and bf16 side by side; the headline ratio is the one train.precision=auto
+    picks here), torch.compile (auto: on with CUDA), Triton VICReg kernels on GPU (torch loss on CPU),
+    the wall branch run once per trajectory (the store certifies walls are static).
 Both use the ``reference`` model (477,664 parameters). Timings exclude --warmup steps (and compile).
 On CPU the default batch is 64 (512 takes seconds per step on 2 cores); the recipe's is 512.
 
@@ -28,6 +29,7 @@ from bench._data import train_split
 from bench.common import header, print_json, print_table
 from bench.naive import naive_loader
 from jepa_fast.config import LossConfig, apply_overrides, model_preset, run_preset
+from jepa_fast.hardware import cpu_has_native_bf16, resolve_precision
 from jepa_fast.loss import jepa_loss
 from jepa_fast.model import JEPA
 from jepa_fast.train import cosine_schedule, train
@@ -94,38 +96,54 @@ def main() -> None:
         ref = reference_loop(raw, batch, args.steps, args.warmup, device)
 
         impl = "triton" if device.type == "cuda" else "torch"
-        run = apply_overrides(run_preset("reference"), [
-            f"data.batch_size={batch}", f"train.max_steps={args.warmup + args.steps}", "train.save_every=-1",
-            f"train.log_every={args.warmup}", f"train.compile={args.compile}", f"loss.impl={impl}"])
-        # time only the steps after warm-up: log at warmup (resets the clock), then at the end
-        out = train(run, store, work / "run", progress=False, profile=args.profile)
-        last = out["last"]
-        fast = {"ms_per_step": last["ms_per_step"], "frames_per_s": last["frames_per_s"],
-                "data_wait_pct": last["data_wait_pct"]}
-        ratio = fast["frames_per_s"] / ref["frames_per_s"]
-        rows = [
-            {"loop": "reference (naive loader, eager fp32)", **ref},
-            {"loop": f"jepa-fast ({out['loader']}, {run.train.precision}, compile "
-                     f"{'on' if out['compile_s'] is not None else 'off'}, loss {impl})", **fast},
-        ]
-        print(f"device {device}, batch {batch}, {args.steps} timed steps after {args.warmup} warm-up steps"
-              + (f", compile took {out['compile_s']:.1f} s" if out["compile_s"] else "") + "\n")
+        auto, why = resolve_precision("auto", device)
+        fast = {}  # precision -> figures; every precision this device runs, side by side
+        for precision in (["bf16", "no"] if device.type == "cuda" else ["no", "bf16"]):
+            run = apply_overrides(run_preset("reference"), [
+                f"data.batch_size={batch}", f"train.max_steps={args.warmup + args.steps}", "train.save_every=-1",
+                f"train.log_every={args.warmup}", f"train.compile={args.compile}", f"loss.impl={impl}",
+                f"train.precision={precision}"])
+            # time only the steps after warm-up: log at warmup (resets the clock), then at the end
+            out = train(run, store, work / f"run-{precision}", progress=False,
+                        profile=args.profile if precision == auto else None)
+            last = out["last"]
+            fast[precision] = {"ms_per_step": last["ms_per_step"], "frames_per_s": last["frames_per_s"],
+                               "data_wait_pct": last["data_wait_pct"], "loader": out["loader"],
+                               "compile": out["compile_s"] is not None, "compile_s": out["compile_s"]}
+        names = {"no": "fp32", "bf16": "bf16"}
+        rows = [{"loop": "reference (naive loader, eager fp32)", **ref}] + [
+            {"loop": f"jepa-fast ({f['loader']}, {names[p]}{' = auto' if p == auto else ''}, compile "
+                     f"{'on' if f['compile'] else 'off'}, loss {impl})", **f} for p, f in fast.items()]
+        compile_s = fast[auto]["compile_s"]
+        print(f"device {device}, batch {batch}, {args.steps} timed steps after {args.warmup} warm-up steps; "
+              f"precision auto = {names[auto]} ({why}); CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+              f"native bf16 {cpu_has_native_bf16()}"
+              + (f", compile took {compile_s:.1f} s" if compile_s else "") + "\n")
         print_table([{"loop": r["loop"], "frames/s": r["frames_per_s"], "ms/step": r["ms_per_step"],
                       "data wait %": r["data_wait_pct"]} for r in rows], ["loop", "frames/s", "ms/step", "data wait %"])
+        ratio = fast[auto]["frames_per_s"] / ref["frames_per_s"]
         target = 10 if device.type == "cuda" else 3
-        print(f"\njepa-fast / reference: {ratio:.2f}x (target >= {target}x: {'MET' if ratio >= target else 'NOT MET'})")
-        epoch_s = 147_008 * T / fast["frames_per_s"]
-        print(f"one epoch of 2.5M frames at this rate: {epoch_s:,.1f} s")
+        print(f"\njepa-fast (auto = {names[auto]}) / reference: {ratio:.2f}x "
+              f"(target >= {target}x: {'MET' if ratio >= target else 'NOT MET'})")
+        for p, f in fast.items():
+            print(f"  jepa-fast {names[p]} / reference: {f['frames_per_s'] / ref['frames_per_s']:.2f}x")
+        epoch_s = 147_008 * T / fast[auto]["frames_per_s"]
+        print(f"one epoch of 2.5M frames at the auto precision's rate: {epoch_s:,.1f} s")
         if args.profile:
             print(f"profiler trace: {args.profile}")
-        print_json({"bench": "train", "device": str(device), "batch": batch, "steps": args.steps,
-                    "reference_fps": round(ref["frames_per_s"]), "jepa_fast_fps": round(fast["frames_per_s"]),
-                    "reference_ms_per_step": round(ref["ms_per_step"], 2),
-                    "jepa_fast_ms_per_step": round(fast["ms_per_step"], 2),
-                    "reference_data_wait_pct": round(ref["data_wait_pct"], 2),
-                    "jepa_fast_data_wait_pct": round(fast["data_wait_pct"], 2),
-                    "compile_s": out["compile_s"], "epoch_2p5M_frames_s": round(epoch_s, 2),
-                    "jepa_fast_vs_reference": round(ratio, 3)})
+        figures = {"bench": "train", "device": str(device), "batch": batch, "steps": args.steps,
+                   "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_native_bf16(),
+                   "auto_precision": names[auto], "reference_fps": round(ref["frames_per_s"]),
+                   "reference_ms_per_step": round(ref["ms_per_step"], 2),
+                   "reference_data_wait_pct": round(ref["data_wait_pct"], 2)}
+        for p, f in fast.items():
+            figures.update({f"jepa_fast_{names[p]}_fps": round(f["frames_per_s"]),
+                            f"jepa_fast_{names[p]}_ms_per_step": round(f["ms_per_step"], 2),
+                            f"jepa_fast_{names[p]}_data_wait_pct": round(f["data_wait_pct"], 2),
+                            f"jepa_fast_{names[p]}_vs_reference": round(f["frames_per_s"] / ref["frames_per_s"], 3)})
+        figures.update({"compile_s": compile_s, "epoch_2p5M_frames_s": round(epoch_s, 2),
+                        "jepa_fast_vs_reference": round(ratio, 3)})
+        print_json(figures)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

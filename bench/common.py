@@ -44,6 +44,10 @@ def machine() -> dict[str, str]:
     try:
         import torch
 
+        from jepa_fast.hardware import cpu_has_native_bf16
+
+        info["torch_cpu_kernels"] = torch.backends.cpu.get_cpu_capability()
+        info["cpu_native_bf16"] = str(cpu_has_native_bf16())
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:

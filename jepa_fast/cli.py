@@ -206,7 +206,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "tiny (tests)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs, plots)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--precision", choices=["bf16", "fp16", "no"], help="mixed precision (default: preset's)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"],
+                   help="mixed precision (default: auto = bf16 where the device computes it natively, else fp32 "
+                   "on a CPU, fp16 on an older GPU)")
     p.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile the step (default: preset's)")
     p.add_argument("--loader", choices=["auto", "dali", "torch"], help="data loader (default: auto)")
     p.add_argument("--batch-size", type=int, help="trajectories per batch per process")

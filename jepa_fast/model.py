@@ -87,14 +87,23 @@ class JEPA(nn.Module):
 
     def encode(self, states: torch.Tensor) -> torch.Tensor:
         """states (B, T, C, H, W) raw units -> latents (B, T, D)."""
-        B, T = states.shape[:2]
         x = self.normalize(states)
-        if not (self.cfg.static_walls and T > 1):
-            return self.encoder(x.flatten(0, 1)).view(B, T, -1)  # (B, T, D)
-        # the wall image is the same in every frame of a trajectory: encode it once, broadcast over T
-        agent = self.encoder.agent(x[:, :, 0:1].flatten(0, 1)).view(B, T, -1)  # (B, T, D/2)
-        walls = self.encoder.walls(x[:, 0, 1:2])  # (B, D/2)
-        return torch.cat([agent, walls[:, None].expand(B, T, walls.shape[-1])], dim=-1)  # (B, T, D)
+        return self.encode_normalized(x[:, :, 0:1], x[:, :, 1:2])
+
+    def encode_normalized(self, agent: torch.Tensor, walls: torch.Tensor) -> torch.Tensor:
+        """agent (B, T, 1, H, W) and walls (B, T or 1, 1, H, W), already x input_scale -> latents (B, T, D).
+
+        The wall image is the same in every frame of a trajectory (spec §1): with ``static_walls`` (or a
+        one-frame walls tensor) the wall branch encodes only the first frame and broadcasts it over T.
+        """
+        B, T = agent.shape[:2]
+        a = self.encoder.agent(agent.flatten(0, 1)).view(B, T, -1)  # (B, T, D/2)
+        if (self.cfg.static_walls and T > 1) or walls.shape[1] == 1:
+            w = self.encoder.walls(walls[:, 0])  # (B, D/2)
+            w = w[:, None].expand(B, T, w.shape[-1])  # (B, T, D/2)
+        else:
+            w = self.encoder.walls(walls.flatten(0, 1)).view(B, T, -1)  # (B, T, D/2)
+        return torch.cat([a, w], dim=-1)  # (B, T, D)
 
     # -- training path: teacher forcing --------------------------------------------------------
     def teacher_forcing(self, states: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,12 +113,16 @@ class JEPA(nn.Module):
         Returns: predicted (B, T, D) = [s_0, predictions for t = 1..T-1] and latents s (B, T, D).
         """
         s = self.encode(states)  # (B, T, D)
+        return self._teacher_predict(s, actions), s
+
+    def _teacher_predict(self, s: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Latents s (B, T, D), actions (B, T-1, 2) -> [s_0, one-step predictions from the true latents] (B, T, D)."""
         a = self.action_embed(actions)  # (B, T-1, A)
         out, _ = self.predictor(torch.cat([s[:, :-1], a], dim=-1))  # (B, T-1, hidden)
         pred = self.predictor_out(out)  # (B, T-1, D)
         if self.cfg.residual_predictor:
             pred = pred + s[:, :-1]
-        return torch.cat([s[:, :1], pred], dim=1), s
+        return torch.cat([s[:, :1], pred], dim=1)
 
     # -- evaluation path: autoregressive rollout -----------------------------------------------
     def rollout(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -138,16 +151,20 @@ class JEPA(nn.Module):
 
     def training_outputs(self, states: torch.Tensor, actions: torch.Tensor, prediction: str = "teacher"
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The training path: (pred, latents, proj_pred, proj_target), each (B, T, D).
+        """The training path from raw frames (B, T, C, H, W): see ``predict_for_training``."""
+        return self.predict_for_training(self.encode(states), actions, prediction)
+
+    def predict_for_training(self, latents: torch.Tensor, actions: torch.Tensor, prediction: str = "teacher"
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training path from encoder latents (B, T, D): (pred, latents, proj_pred, proj_target), each (B, T, D).
 
         'teacher' feeds the GRU the true latent at every step; 'rollout' feeds back its own predictions
         from s_0, exactly as evaluation does, while the targets are still the encoder latents of every
         frame. Called from inside a module's ``forward`` (train.ForwardLoss), so DDP's hooks run.
         """
         if prediction == "teacher":
-            pred, latents = self.teacher_forcing(states, actions)
+            pred = self._teacher_predict(latents, actions)
         elif prediction == "rollout":
-            latents = self.encode(states)  # (B, T, D)
             pred = self.rollout(latents[:, 0], actions)  # (B, T, D)
         else:
             raise ValueError(f"prediction {prediction!r}: use 'teacher' or 'rollout'")

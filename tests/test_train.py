@@ -229,7 +229,7 @@ def test_cli_precedence_is_defaults_preset_flags_then_set(tmp_path):
 
 
 def _eager_compile(monkeypatch):
-    """torch.compile with Dynamo's tracing (fullgraph checks included) but no Inductor codegen: seconds, not a minute."""
+    """torch.compile with Dynamo tracing (fullgraph checks included) and no Inductor codegen: seconds, not minutes."""
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, **{**kw, "backend": "eager"}))
     torch._dynamo.reset()

@@ -103,8 +103,9 @@ class DataConfig:
     resident: str = "auto"
     """Torch fallback: 'device' holds the decoded uint8 split on the training device and gathers there;
     'host' decodes each batch on the CPU; 'auto' = device when it fits in a quarter of its memory."""
-    workers: int = 2
-    """Decode threads (torch fallback) or DALI Python workers."""
+    workers: int = 0
+    """Decode threads (torch loader) or DALI Python workers; 0 = auto (1 on a CPU device, where the step
+    needs the cores; half the cores, at most 8, on a GPU machine)."""
     prefetch: int = 2
     """Batches prepared ahead of the step."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -114,6 +115,6 @@ class DataConfig:
         check(self.loader in ("auto", "dali", "torch"), f"data.loader={self.loader!r}: use auto, dali or torch")
         check(self.batch_size >= 1, f"data.batch_size={self.batch_size}: must be >= 1")
         check(self.resident in ("auto", "device", "host"), f"data.resident={self.resident!r}: use auto, device, host")
-        check(self.workers >= 1, f"data.workers={self.workers}: must be >= 1")
+        check(self.workers >= 0, f"data.workers={self.workers}: must be >= 0 (0 = auto)")
         check(self.prefetch >= 1, f"data.prefetch={self.prefetch}: must be >= 1")
 

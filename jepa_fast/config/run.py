@@ -48,7 +48,7 @@ def _run_presets() -> dict[str, RunConfig]:
         # tests: seconds
         "tiny": dataclasses.replace(
             ref, preset="tiny", data=DataConfig(batch_size=16),
-            train=TrainConfig(epochs=1, max_steps=6, lr=1e-3, log_every=2, save_every=-1, precision="no")),
+            train=TrainConfig(epochs=1, max_steps=6, lr=1e-3, log_every=2, save_every=-1)),
     }
 
 

@@ -65,7 +65,7 @@ def finish_states(states: torch.Tensor, scale: torch.Tensor, brightness: torch.T
     Pass noise=False when no augmentation config can produce noise: it skips a full-size randn.
     """
     scale = scale.to(states.device, dtype).view(1, 1, -1, 1, 1)
-    x = states.to(dtype) * (scale * brightness.to(dtype).view(-1, 1, 1, 1, 1))
+    x = states * (scale * brightness.to(dtype).view(-1, 1, 1, 1, 1))  # uint8 x float: cast and scale in one pass
     if not noise:
         return x
     std = noise_std.to(dtype).view(-1, 1, 1, 1, 1) * (scale * 255)

@@ -29,6 +29,7 @@ from jepa_fast.data.batch import Batch, flipped
 from jepa_fast.data.reader import SplitData
 from jepa_fast.data.sampler import Plan, Sampler
 from jepa_fast.errors import JepaFastError
+from jepa_fast.hardware import resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ def build_loader(store: Path | SplitData, cfg: DataConfig, device: torch.device,
                       shuffle=cfg.shuffle if shuffle is None else shuffle,
                       drop_last=cfg.drop_last if drop_last is None else drop_last,
                       augment=cfg.augment if augment else None, name=str(data.path))
+    workers, _ = resolve_workers(cfg.workers, torch.device(device))  # 0 = auto (the trainer resolved it already)
     choice = cfg.loader
     if choice == "auto":
         # DALI earns its keep by decoding on the GPU; on a CPU device its CPU mode measured 2-4x slower
@@ -245,9 +247,9 @@ def build_loader(store: Path | SplitData, cfg: DataConfig, device: torch.device,
     if choice == "dali":
         from jepa_fast.data.dali import DaliLoader
 
-        loader = DaliLoader(data, sampler, torch.device(device), workers=cfg.workers, prefetch=cfg.prefetch)
+        loader = DaliLoader(data, sampler, torch.device(device), workers=workers, prefetch=cfg.prefetch)
     else:
         loader = TorchLoader(data, sampler, torch.device(device), resident=cfg.resident, prefetch=cfg.prefetch,
-                             workers=cfg.workers)
+                             workers=workers)
     log.info("loader for %s: %s (%s)", data.path.name, loader.mode, why)
     return loader
