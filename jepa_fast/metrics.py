@@ -138,3 +138,61 @@ def plot_losses(jsonl: Path, out: Path) -> None:
     steps = np.array([r["step"] for r in recs])
     series = {k: (steps, np.array([r[k] for r in recs])) for k in ("loss", "sim", "std", "cov", "raw")}
     line_plot(series, out, "step", "value", title="training loss terms", logy=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop's observability helpers
+
+
+def progress_bar(total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="train")
+
+
+def profiler(path: Path, cuda: bool):
+    """A started torch.profiler that writes a Chrome trace of steps 3-6 to ``path``."""
+    from torch.profiler import ProfilerActivity, schedule
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    prof = torch.profiler.profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=4, repeat=1),
+                                  on_trace_ready=lambda p: p.export_chrome_trace(str(path)))
+    prof.start()
+    return prof
+
+
+def tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as flat 'section.field' scalars (TensorBoard's hparams)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_config(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, int | float | str | bool) else str(v)
+    return out
+
+
+def flops_per_step(model_cfg, prediction: str, frame_shape: tuple[int, int, int, int], trajectories: int) -> float:
+    """Model FLOPs of one training step (fwd + bwd) over ``trajectories`` (all processes), counted once on a
+    batch of 2 and scaled; frame_shape is (T, C, H, W)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from jepa_fast.model import JEPA
+
+    T, C, H, W = frame_shape
+    model = JEPA(model_cfg)
+    x = torch.zeros(2, T, C, H, W)
+    a = torch.zeros(2, T - 1, 2)
+    with FlopCounterMode(display=False) as counter:
+        outs = model.training_outputs(x, a, prediction)
+        sum(o.float().sum() for o in outs).backward()
+    return counter.get_total_flops() / 2 * trajectories

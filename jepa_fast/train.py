@@ -10,7 +10,7 @@ Everything device- and process-related goes through Accelerate; the loader shard
 
 Layout, top to bottom: ``ForwardLoss`` (the step's model computation, the compiled graph),
 ``train_step`` (one optimizer step), ``Checkpointer`` (the save cadence), ``train`` (set-up, then a
-loop that fits one screen). The command line lives in ``cli.py``.
+loop that fits one screen). The command line lives in ``cli/run.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from jepa_fast import atomic, hardware
 from jepa_fast import checkpoint as ckpt
+from jepa_fast import metrics as metrics_mod
 from jepa_fast.config import LossConfig, RunConfig, to_dict
 from jepa_fast.data.batch import Batch, finish_states
 from jepa_fast.data.loader import build_loader
@@ -142,10 +143,22 @@ class Checkpointer:
 
 
 def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_step: int | None = None,
-          progress: bool = True, profile: Path | None = None) -> dict:
+          progress: bool = True, profile: Path | None = None, init: Path | None = None) -> dict:
     """Train; returns a summary. ``stop_at_step`` ends the loop early (as an interruption would);
-    ``profile`` writes a torch.profiler (Chrome) trace of steps 3-6 there."""
+    ``profile`` writes a torch.profiler (Chrome) trace of steps 3-6 there; ``init`` starts from the
+    weights of a checkpoint, a run folder or the course project's model_weights.pth (a fine-tune: fresh
+    optimizer, schedule and data position; the model config comes with the weights)."""
     out, store = Path(out), resolve_store(data)
+    if init is not None and resume:
+        raise JepaFastError("--init starts a new run from weights, --resume continues one; pass only one")
+    init_weights = None
+    if init is not None:
+        from jepa_fast.reference import load_init
+
+        init_weights, model_cfg, what = load_init(init)
+        if model_cfg != run.model:
+            log.info("model config taken from %s (it differs from preset %s's)", what, run.preset)
+        run = dataclasses.replace(run, model=model_cfg)
     rank, world, local_rank = _dist_env()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
@@ -159,21 +172,22 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
         log.info("%s: wall images vary within trajectories; encoding every frame (model.static_walls off)", store)
         run = dataclasses.replace(run, model=dataclasses.replace(run.model, static_walls=False))
 
-    t, tb = _setup(run, out, resume, loader, rank, world, cuda, machine.compile)
+    t, tb = _setup(run, out, resume, loader, rank, world, cuda, machine.compile, init_weights)
     accelerator, is_main = t.accelerator, t.accelerator.is_main_process
     steps_per_epoch = len(loader)
     total = run.train.max_steps if run.train.max_steps > 0 else run.train.epochs * steps_per_epoch
     n_params = count_parameters(t.model)
+    flops = (metrics_mod.flops_per_step(run.model, run.train.prediction, split.frame_shape, run.data.batch_size * world)
+             if cuda else None)  # MFU only where a peak is known
     metrics = MetricLogger(out / "metrics.jsonl" if is_main else None, total, run.data.batch_size * split.T * world,
-                           split.T, device, flops_per_step=_flops_per_step(run, split, world) if cuda else None,
-                           accelerator=accelerator if tb else None, is_main=is_main,
-                           reduce=accelerator.reduce if world > 1 else None)
+                           split.T, device, flops_per_step=flops, accelerator=accelerator if tb else None,
+                           is_main=is_main, reduce=accelerator.reduce if world > 1 else None)
     checkpointer = Checkpointer(out, t, loader.sampler, n_params, rank, world)
     if is_main:
         print(f"jepa-fast train | {n_params:,} params | {store} ({split.n:,} trajectories) | loader {loader.mode} | "
               f"{world} process(es) on {device.type} | {machine.header()} | {total} steps ({steps_per_epoch}/epoch)")
-    bar = _progress_bar(total, t.step) if is_main and progress else None
-    prof = _profiler(profile, cuda) if profile is not None and is_main else None
+    bar = metrics_mod.progress_bar(total, t.step) if is_main and progress else None
+    prof = metrics_mod.profiler(profile, cuda) if profile is not None and is_main else None
     stop_reason, compile_s, t_start = "done", None, time.perf_counter()
     batches = _epochs(loader)
     with _Stop() as stop:
@@ -230,8 +244,8 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
             "model": t.model}
 
 
-def _setup(run: RunConfig, out: Path, resume: bool, loader, rank: int, world: int, cuda: bool, compile_on: bool
-           ) -> tuple[Training, bool]:
+def _setup(run: RunConfig, out: Path, resume: bool, loader, rank: int, world: int, cuda: bool, compile_on: bool,
+           init_weights: dict | None = None) -> tuple[Training, bool]:
     """Accelerate, the model and optimizer (restored from the latest checkpoint on resume), the compiled step."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -240,7 +254,7 @@ def _setup(run: RunConfig, out: Path, resume: bool, loader, rank: int, world: in
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=True)
-    tb = _tensorboard_available()
+    tb = metrics_mod.tensorboard_available()
     accelerator = Accelerator(mixed_precision=run.train.precision, cpu=not cuda,
                               log_with="tensorboard" if tb else None, project_dir=str(out))
     if accelerator.is_main_process:
@@ -250,6 +264,11 @@ def _setup(run: RunConfig, out: Path, resume: bool, loader, rank: int, world: in
             (out / "metrics.jsonl").unlink(missing_ok=True)
     set_seed(run.train.seed)  # same init on every process
     model = JEPA(run.model)
+    if init_weights is not None:
+        try:
+            model.load_state_dict(init_weights, strict=True)
+        except RuntimeError as e:
+            raise JepaFastError(f"--init: the weights do not fit this model ({str(e).splitlines()[0]})") from None
     if run.train.channels_last:
         model = model.to(memory_format=torch.channels_last)  # conv weights NHWC; activations follow
     params = [p for p in model.parameters() if p.requires_grad]
@@ -269,7 +288,7 @@ def _setup(run: RunConfig, out: Path, resume: bool, loader, rank: int, world: in
             torch._dynamo.config.optimize_ddp = False  # one graph; DDP's hooks still all-reduce grads
         t.forward_loss = torch.compile(step_module, fullgraph=True)
     if tb:
-        accelerator.init_trackers("tensorboard", config=_flat(to_dict(run)))
+        accelerator.init_trackers("tensorboard", config=metrics_mod.flat_config(to_dict(run)))
     return t, tb
 
 
@@ -278,6 +297,9 @@ def _restore(t: Training, out: Path, loader, rank: int, world: int) -> None:
     if found is None:
         raise JepaFastError(f"--resume: no checkpoint in {ckpt.ckpt_dir(out)}")
     state, rng = ckpt.load(found, rank)
+    if "optimizer" not in state:
+        raise JepaFastError(f"{found}: holds model weights only (imported), nothing to resume; start a fine-tune "
+                            f"with --init {out} and another --out")
     if state["world_size"] != world:
         raise JepaFastError(f"{found}: saved with {state['world_size']} processes, resuming with {world}; "
                             "resume with the same number")
@@ -307,22 +329,6 @@ def _report(rec: dict, metrics: MetricLogger, bar, at_log: bool, progress: bool)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", fps=f"{rec['frames_per_s']:,.0f}")
     if at_log and metrics.is_main and not progress:
         print(metrics.line(rec))
-
-
-def _progress_bar(total: int, initial: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="train")
-
-
-def _profiler(path: Path, cuda: bool):
-    from torch.profiler import ProfilerActivity, schedule
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    prof = torch.profiler.profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=4, repeat=1),
-                                  on_trace_ready=lambda p: p.export_chrome_trace(str(path)))
-    prof.start()
-    return prof
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -361,35 +367,3 @@ def _should_stop(stop: _Stop, at_log: bool, world: int, device: torch.device) ->
     flag = torch.tensor([1.0 if stop.requested else 0.0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
-
-
-def _tensorboard_available() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, int | float | str | bool) else str(v)
-    return out
-
-
-def _flops_per_step(run: RunConfig, split: SplitData, world: int) -> float:
-    """Model FLOPs of one training step (fwd + bwd), counted once on a tiny batch and scaled."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = JEPA(run.model)
-    x = torch.zeros(2, split.T, split.C, split.H, split.W)
-    a = torch.zeros(2, split.T - 1, 2)
-    with FlopCounterMode(display=False) as counter:
-        outs = model.training_outputs(x, a, run.train.prediction)
-        sum(o.float().sum() for o in outs).backward()
-    return counter.get_total_flops() / 2 * run.data.batch_size * world

@@ -1,0 +1,206 @@
+"""``jepa-fast`` model commands: train, probe, the course project's weights (import/export), bench, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jepa_fast.errors import JepaFastError
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+TRAIN_FLAGS = {"precision": "train.precision", "compile": "train.compile", "loader": "data.loader",
+               "batch_size": "data.batch_size", "epochs": "train.epochs", "steps": "train.max_steps",
+               "lr": "train.lr", "loss_impl": "loss.impl"}
+"""Named ``train`` flags -> the config field each sets (``--seed`` and ``--augment`` are handled below)."""
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", type=Path, help="packed train store, or a packed dataset root holding train.zarr")
+    p.add_argument("--preset", default="ours", help="run preset: ours (default: our recipe, 477,664 params), "
+                   "reference (the course project's recipe), ours-small / reference-small (minutes on a CPU), "
+                   "tiny (tests)")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs, plots)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--init", type=Path, default=None, metavar="RUN_OR_WEIGHTS",
+                   help="start from these weights (a fine-tune: fresh optimizer, schedule and data position): a "
+                   "checkpoint or run folder, or the course project's model_weights.pth")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "no"],
+                   help="mixed precision (default: auto = bf16 where the device computes it natively, else fp32 "
+                   "on a CPU, fp16 on an older GPU)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile the step (default: preset's)")
+    p.add_argument("--loader", choices=["auto", "dali", "torch"], help="data loader (default: auto)")
+    p.add_argument("--batch-size", type=int, help="trajectories per batch per process")
+    p.add_argument("--epochs", type=int, help="epochs over the train split")
+    p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--loss-impl", choices=["torch", "triton"], help="VICReg var/cov implementation")
+    p.add_argument("--augment", choices=["none", "flips", "full"], help="augmentation preset")
+    p.add_argument("--seed", type=int, help="seed for init, sampler and RNG")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="any config field, e.g. --set train.save_every=200 --set model.gru_dropout=0 (repeatable); "
+                   "applied last: defaults < preset < the flags above < --set")
+    p.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
+
+
+def config_from_args(args):
+    """The run config of a ``train`` command line: defaults < preset (or the resumed run's config) < flags < --set."""
+    import json
+
+    from jepa_fast.config import AUGMENT_PRESETS, resolve, run_config_from_dict, run_preset
+
+    if args.resume and (args.out / "config.json").exists():
+        base = run_config_from_dict(json.loads((args.out / "config.json").read_text()))
+    else:
+        base = run_preset(args.preset)
+    flags = {key: getattr(args, attr) for attr, key in TRAIN_FLAGS.items() if getattr(args, attr) is not None}
+    if args.seed is not None:
+        flags.update({"train.seed": args.seed, "data.seed": args.seed})
+    if args.augment is not None:
+        flags["data.augment"] = AUGMENT_PRESETS[args.augment]
+    return resolve(base, flags, args.set)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the JEPA on a packed store (Accelerate, mixed precision, compile)",
+                       description="Train the JEPA world model. For several processes/GPUs: accelerate "
+                       "launch -m jepa_fast train DATA ... (or torchrun --nproc_per_node N -m jepa_fast train).")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> None:
+    import logging
+
+    from jepa_fast.train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    train(config_from_args(args), args.data, args.out, resume=args.resume, progress=not args.no_progress,
+          init=args.init)
+
+
+# ---------------------------------------------------------------------------------------------
+# probe
+
+
+def _add_probe(sub) -> None:
+    p = sub.add_parser("probe", help="the course project's probing evaluation of a trained checkpoint",
+                       description="Probe a checkpoint (or a run folder: its latest checkpoint) with the original "
+                       "protocol on probe_normal, probe_wall, wall_other and expert; writes metrics.txt (original "
+                       "format), metrics.json and plots.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (step_*) or run folder")
+    p.add_argument("--data", type=Path, required=True, help="packed dataset root with the probe_* stores")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/probe)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="re-run the model on every prober batch, like the original evaluator (slow; same numbers)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="precision of the rollout embeddings (default fp32, as the original evaluator; a lower "
+                   "one is faster but moves the numbers, and is recorded in metrics.json)")
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args) -> None:
+    from jepa_fast.config import ProbeConfig
+    from jepa_fast.probe import format_table, run_probe
+
+    r = run_probe(args.checkpoint, args.data, args.out, ProbeConfig(cache=not args.no_cache), args.device,
+                  args.precision)
+    print(format_table(r["losses"]))
+    print(f"probed in {r['seconds']:.1f} s; metrics.txt, metrics.json and plots in {r['out']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the course project's weights
+
+
+def _add_reference(sub) -> None:
+    p = sub.add_parser("import-reference", help="import the course project's model_weights.pth as a checkpoint",
+                       description="Read the course project's model_weights.pth (its JEPA state dict, raw input "
+                       "units), check every key and shape, and write a checkpoint folder that jepa-fast probe "
+                       "and jepa-fast train --init read.")
+    p.add_argument("weights", type=Path, help="model_weights.pth (a state dict, or a dict with 'model'/'state_dict')")
+    p.add_argument("--out", type=Path, required=True, help="run folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
+    p.set_defaults(func=_cmd_import_reference)
+    p = sub.add_parser("export-reference", help="export a reference-architecture checkpoint as model_weights.pth",
+                       description="Write a checkpoint of the reference architecture in the course project's "
+                       "model_weights.pth layout (raw input units: our input scale is folded into the first "
+                       "convolutions), loadable with load_state_dict(strict=True) by its code.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (step_*) or run folder")
+    p.add_argument("--out", type=Path, required=True, help="the .pth file to write")
+    p.add_argument("--rollout-differs", action="store_true",
+                   help="export a residual-predictor model ('ours') anyway: its evaluator will compute another rollout")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_cmd_export_reference)
+
+
+def _cmd_import_reference(args) -> None:
+    from jepa_fast.reference import import_reference
+
+    found = import_reference(args.weights, args.out, overwrite=args.overwrite)
+    print(f"imported {args.weights} -> {found}; probe it with: jepa-fast probe {args.out} --data PACKED")
+
+
+def _cmd_export_reference(args) -> None:
+    from jepa_fast.reference import export_reference
+
+    out = export_reference(args.checkpoint, args.out, rollout_differs=args.rollout_differs, overwrite=args.overwrite)
+    print(f"wrote {out} (the course project's layout; load it with load_state_dict(strict=True))")
+
+
+# ---------------------------------------------------------------------------------------------
+# bench
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run the benchmarks in bench/ and write a dated report",
+                       description="Run every benchmark (or --only some) and write bench/results/report_*.md. "
+                       "Needs a source checkout (the bench/ folder).")
+    p.add_argument("--only", default=None,
+                   help="comma-separated subset: generate,pack,loader,vicreg,train,probe,quality")
+    p.add_argument("--skip", default="", help="comma-separated benches to skip")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> None:
+    import subprocess
+
+    root = Path.cwd()
+    if not (root / "bench" / "run_all.py").exists():
+        raise JepaFastError("jepa-fast bench runs the bench/ folder of a source checkout; run it from the checkout's "
+                            "root (or: python -m bench.run_all)")
+    argv = (["--only", args.only] if args.only else []) + (["--skip", args.skip] if args.skip else [])
+    if subprocess.call([sys.executable, "-m", "bench.run_all", *argv], cwd=root) != 0:
+        raise JepaFastError("some benchmarks failed; see the report")
+
+
+# ---------------------------------------------------------------------------------------------
+# demo: the README's main command
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole job on the small preset: simulate -> pack -> train -> probe",
+                       description="Run the main job end to end on an embedded default (the small preset). "
+                       "Re-running reuses finished stages found in --out.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for data, run and reports")
+    p.add_argument("--seed", type=int, default=0, help="random seed for data and training")
+    p.add_argument("--fresh", action="store_true", help="redo every stage even if its output exists")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> None:
+    from jepa_fast.demo import run_demo
+
+    run_demo(args.out, seed=args.seed, fresh=args.fresh)
+
+
+def add_commands(sub) -> None:
+    _add_train(sub)
+    _add_probe(sub)
+    _add_reference(sub)
+    _add_bench(sub)
+    _add_demo(sub)
