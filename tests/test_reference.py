@@ -290,3 +290,16 @@ def test_probe_matches_the_straightforward_evaluator_across_prober_seeds(tmp_pat
         theirs = _straightforward_probe(model, raw, cfg)
         for name in P.VAL_SETS:
             assert ours[name] == pytest.approx(theirs[name], rel=1e-4), (seed, name, ours[name], theirs[name])
+
+
+def test_probing_an_imported_checkpoint_end_to_end(ref_file, tiny_root, tmp_path, capsys):
+    import json
+
+    f, _ = ref_file
+    pack.pack_path(tiny_root, tmp_path / "packed", progress=False)
+    assert cli.main(["import-reference", str(f), "--out", str(tmp_path / "theirs")]) == 0
+    assert cli.main(["probe", str(tmp_path / "theirs"), "--data", str(tmp_path / "packed")]) == 0
+    metrics = json.loads((tmp_path / "theirs" / "probe" / "metrics.json").read_text())
+    assert metrics["embedding_precision"] == "fp32" and metrics["params"] == 477_664
+    assert set(metrics["losses"]) == set(P.VAL_SETS) and all(math.isfinite(v) for v in metrics["losses"].values())
+    assert "| probe_wall |" in capsys.readouterr().out
