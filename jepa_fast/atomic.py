@@ -10,10 +10,12 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from jepa_fast import lock
 from jepa_fast.errors import JepaFastError
 
 
@@ -38,11 +40,39 @@ def check_free_space(path: Path, needed: int, hint: str) -> None:
                             f"on that disk; {hint}")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask(0) would race with threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def temp_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A fresh name next to ``path`` (same filesystem, so the final rename is atomic)."""
+    """A fresh folder next to ``path`` (same filesystem, so the final rename is atomic), with the mode a
+    plain mkdir would give (mkdtemp makes 0700)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def clear_stale_temps(path: Path, tag: str = "tmp") -> None:
+    """Remove temp folders of ``path`` left by a killed writer; call only while holding ``path``'s lock
+    (any live writer would hold it, so what is there now is stale)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for stale in path.parent.glob(f".{path.name}.{tag}-*"):
+        print(f"note: removing {stale}, left by an interrupted run", file=sys.stderr)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def replace_path(tmp: Path, dest: Path) -> None:
@@ -62,17 +92,22 @@ def replace_path(tmp: Path, dest: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(dest: Path, overwrite: bool = False, what: str = "output") -> Iterator[Path]:
-    """Yield a temporary folder; on success it becomes ``dest``, on any error (or SIGTERM) it is removed."""
+    """Yield a temporary folder; on success it becomes ``dest``, on any error (or SIGTERM) it is removed.
+
+    Holds ``dest``'s write lock throughout (one writer at a time) and first clears temp folders that a
+    killed writer left behind."""
     dest = Path(dest)
-    check_destination(dest, overwrite, what)
-    tmp = temp_sibling(dest)
-    try:
-        with sigterm_as_exit():
-            yield tmp
-        replace_path(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with lock.exclusive(dest, what):
+        check_destination(dest, overwrite, what)
+        clear_stale_temps(dest)
+        tmp = temp_sibling(dest)
+        try:
+            with sigterm_as_exit():
+                yield tmp
+            replace_path(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def atomic_write_bytes(dest: Path, data: bytes, fsync: bool = True) -> None:
@@ -81,6 +116,7 @@ def atomic_write_bytes(dest: Path, data: bytes, fsync: bool = True) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the mode a plain open() would give (mkstemp makes 0600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

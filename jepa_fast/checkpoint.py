@@ -21,6 +21,7 @@ import torch
 
 from jepa_fast import atomic
 from jepa_fast.errors import JepaFastError
+from jepa_fast.metrics import flat_config
 
 
 def ckpt_dir(run: Path) -> Path:
@@ -62,11 +63,17 @@ def save(run: Path, step: int, state: dict, rank: int, world_size: int, barrier,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    torch.save(rng_state(), tmp / f"rng_{rank}.pt")
-    barrier()
     final = root / name
+    try:
+        torch.save(rng_state(), tmp / f"rng_{rank}.pt")
+        barrier()
+        if rank == 0:
+            torch.save({**state, "world_size": world_size}, tmp / "state.pt")
+    except BaseException:  # a full disk, a kill: never leave a half-written checkpoint behind
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if rank == 0:
-        torch.save({**state, "world_size": world_size}, tmp / "state.pt")
         atomic.replace_path(tmp, final)
         atomic.atomic_write_text(root / "latest", name + "\n")
         for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
@@ -106,6 +113,8 @@ def load(path: Path, rank: int, map_location="cpu") -> tuple[dict, dict | None]:
 def load_model_weights(path: Path) -> tuple[dict, dict]:
     """(model state dict, resolved config dict) of a checkpoint folder, a run folder (its latest) or a .pt."""
     path = Path(path)
+    if not path.exists():
+        raise JepaFastError(f"{path}: no such checkpoint or run folder")
     if path.is_dir() and not (path / "state.pt").exists():
         found = latest(path)
         if found is None:
@@ -113,3 +122,20 @@ def load_model_weights(path: Path) -> tuple[dict, dict]:
         path = found
     state, _ = load(path if path.is_dir() else path.parent, 0)
     return state["model"], state["config"]
+
+
+RESUME_MAY_CHANGE = {"preset", "train.log_every", "train.save_every", "train.keep_checkpoints", "train.compile",
+                     "train.threads", "data.workers", "data.prefetch", "data.loader", "data.resident"}
+"""Fields a resumed run may change: they affect speed and bookkeeping, not what is computed."""
+
+
+def check_unchanged(saved: dict, now: dict, where: Path) -> None:
+    """Refuse to resume with changed settings: the checkpoint's schedule, data order and model would not
+    be what config.json then claims."""
+    a, b = flat_config(saved), flat_config(now)
+    changed = [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b))
+               if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
+    if changed:
+        raise JepaFastError(f"--resume: {where} was trained with other settings ({'; '.join(changed[:5])}"
+                            f"{'; ...' if len(changed) > 5 else ''}); resume without changing them, or start a new run "
+                            "from its weights with --init")

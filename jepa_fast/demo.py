@@ -58,7 +58,7 @@ def run_demo(out: Path, seed: int = 0, fresh: bool = False) -> dict:
     from jepa_fast.probe import format_table, run_probe
 
     print("[4/4] probe: the course project's protocol on probe_normal, probe_wall, wall_other, expert")
-    res = run_probe(run_dir, packed, run_dir / "probe")
+    res = run_probe(run_dir, packed, run_dir / "probe", overwrite=True)
 
     import numpy as np
 

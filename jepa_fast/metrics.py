@@ -119,6 +119,19 @@ class MetricLogger:
         return " | ".join(parts)
 
 
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Drop the records after ``step`` (logged by a run that was then killed before its next checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        from jepa_fast import atomic
+
+        atomic.atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():

@@ -301,22 +301,31 @@ def format_table(losses: dict) -> str:
 
 
 def run_probe(checkpoint: Path, data_root: Path, out: Path | None = None, cfg: ProbeConfig | None = None,
-              device: str | None = None, precision: str = "fp32") -> dict:
+              device: str | None = None, precision: str = "fp32", overwrite: bool = False) -> dict:
     """``jepa-fast probe``: load a checkpoint (or run folder), probe it, write outputs next to it.
 
-    ``precision``: of the embeddings, 'fp32' (the original evaluator's, default), 'bf16' or 'fp16'.
+    ``precision``: of the embeddings, 'fp32' (the original evaluator's, default), 'bf16' or 'fp16'. The
+    output folder (default <run>/probe) is written whole or not at all, and an existing one is
+    replaced only with ``overwrite``.
     """
     from jepa_fast.model import count_parameters
 
     if precision not in ("fp32", "bf16", "fp16"):
         raise JepaFastError(f"--precision {precision}: use fp32, bf16 or fp16")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, config = load_checkpoint_model(checkpoint, dev)
-    results = probe_model(model, data_root, cfg, dev, precision)
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise JepaFastError(f"--device {device}: no CUDA device here; use --device cpu")
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise JepaFastError(f"--device {device}: not a device torch knows; use cpu or cuda") from None
     ckpt_path = Path(checkpoint)
     out = Path(out) if out else (ckpt_path if ckpt_path.is_dir() and not (ckpt_path / "state.pt").exists()
                                  else ckpt_path.parent.parent) / "probe"
+    atomic.check_destination(out, overwrite, "probe folder")  # refuse before the work, not after
+    model, config = load_checkpoint_model(checkpoint, dev)
+    results = probe_model(model, data_root, cfg, dev, precision)
     command = f"jepa-fast train <packed data> --preset {config.get('preset', 'custom')}"
-    write_outputs(results, out, count_parameters(model), command)
+    with atomic.atomic_dir(out, overwrite, "probe folder") as tmp:
+        write_outputs(results, tmp, count_parameters(model), command)
     results["out"] = str(out)
     return results

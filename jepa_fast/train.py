@@ -15,11 +15,13 @@ loop that fits one screen). The command line lives in ``cli/run.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from jepa_fast import atomic, hardware
+from jepa_fast import atomic, hardware, lock
 from jepa_fast import checkpoint as ckpt
 from jepa_fast import metrics as metrics_mod
 from jepa_fast.config import LossConfig, RunConfig, to_dict
@@ -143,12 +145,21 @@ class Checkpointer:
 
 
 def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_step: int | None = None,
-          progress: bool = True, profile: Path | None = None, init: Path | None = None) -> dict:
+          progress: bool = True, profile: Path | None = None, init: Path | None = None,
+          overwrite: bool = False) -> dict:
     """Train; returns a summary. ``stop_at_step`` ends the loop early (as an interruption would);
     ``profile`` writes a torch.profiler (Chrome) trace of steps 3-6 there; ``init`` starts from the
     weights of a checkpoint, a run folder or the course project's model_weights.pth (a fine-tune: fresh
-    optimizer, schedule and data position; the model config comes with the weights)."""
-    out, store = Path(out), resolve_store(data)
+    optimizer, schedule and data position; the model config comes with the weights); ``overwrite``
+    replaces what a non-empty ``out`` holds. The run folder is locked (one writer) for the whole run."""
+    out = Path(out)
+    with lock.exclusive(out, "run folder") if _dist_env()[0] == 0 else contextlib.nullcontext():
+        return _train(run, data, out, resume, stop_at_step, progress, profile, init, overwrite)
+
+
+def _train(run: RunConfig, data: Path, out: Path, resume: bool, stop_at_step: int | None, progress: bool,
+           profile: Path | None, init: Path | None, overwrite: bool) -> dict:
+    store = resolve_store(data)
     if init is not None and resume:
         raise JepaFastError("--init starts a new run from weights, --resume continues one; pass only one")
     init_weights = None
@@ -162,8 +173,14 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
     rank, world, local_rank = _dist_env()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if not resume and ckpt.latest(out) is not None:
-        raise JepaFastError(f"{out} already holds checkpoints; pass --resume to continue it or use another --out")
+    if not resume and not overwrite:
+        if ckpt.latest(out) is not None:
+            raise JepaFastError(f"{out} already holds checkpoints; pass --resume to continue it, --overwrite to "
+                                "replace it, or use another --out")
+        if out.is_dir() and any(out.iterdir()):
+            names = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+            raise JepaFastError(f"{out} holds files ({names}) but no checkpoint; pass --overwrite to replace them "
+                                "or use another --out")
 
     run, machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once; config.json records them
     split = SplitData(store)  # data first: DALI's workers must fork before any CUDA context exists
@@ -172,7 +189,7 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
         log.info("%s: wall images vary within trajectories; encoding every frame (model.static_walls off)", store)
         run = dataclasses.replace(run, model=dataclasses.replace(run.model, static_walls=False))
 
-    t, tb = _setup(run, out, resume, loader, rank, world, cuda, machine.compile, init_weights)
+    t, tb = _setup(run, out, resume, overwrite, loader, rank, world, cuda, machine.compile, init_weights)
     accelerator, is_main = t.accelerator, t.accelerator.is_main_process
     steps_per_epoch = len(loader)
     total = run.train.max_steps if run.train.max_steps > 0 else run.train.epochs * steps_per_epoch
@@ -244,8 +261,8 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
             "model": t.model}
 
 
-def _setup(run: RunConfig, out: Path, resume: bool, loader, rank: int, world: int, cuda: bool, compile_on: bool,
-           init_weights: dict | None = None) -> tuple[Training, bool]:
+def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, rank: int, world: int, cuda: bool,
+           compile_on: bool, init_weights: dict | None = None) -> tuple[Training, bool]:
     """Accelerate, the model and optimizer (restored from the latest checkpoint on resume), the compiled step."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -257,11 +274,6 @@ def _setup(run: RunConfig, out: Path, resume: bool, loader, rank: int, world: in
     tb = metrics_mod.tensorboard_available()
     accelerator = Accelerator(mixed_precision=run.train.precision, cpu=not cuda,
                               log_with="tensorboard" if tb else None, project_dir=str(out))
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.atomic_write_text(out / "config.json", json.dumps(to_dict(run), indent=2))
-        if not resume:  # a fresh run in a folder a crashed run left without checkpoints: start the log over
-            (out / "metrics.jsonl").unlink(missing_ok=True)
     set_seed(run.train.seed)  # same init on every process
     model = JEPA(run.model)
     if init_weights is not None:
@@ -282,6 +294,15 @@ def _setup(run: RunConfig, out: Path, resume: bool, loader, rank: int, world: in
     t = Training(run, model, step_module, optimizer, scheduler, accelerator, params)
     if resume:
         _restore(t, out, loader, rank, world)
+    if accelerator.is_main_process:  # every check has passed: only now does the run folder change
+        if overwrite and not resume and out.is_dir():
+            for old in out.iterdir():
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.atomic_write_text(out / "config.json", json.dumps(to_dict(run), indent=2))
+        if resume:  # steps logged after the checkpoint were lost with the kill: the log continues from it
+            metrics_mod.truncate_jsonl(out / "metrics.jsonl", t.step)
+    accelerator.wait_for_everyone()
     if compile_on:
         torch._dynamo.config.allow_rnn = True  # trace the GRU instead of breaking the graph on it
         if world > 1:
@@ -300,6 +321,7 @@ def _restore(t: Training, out: Path, loader, rank: int, world: int) -> None:
     if "optimizer" not in state:
         raise JepaFastError(f"{found}: holds model weights only (imported), nothing to resume; start a fine-tune "
                             f"with --init {out} and another --out")
+    ckpt.check_unchanged(state["config"], to_dict(t.run), found)
     if state["world_size"] != world:
         raise JepaFastError(f"{found}: saved with {state['world_size']} processes, resuming with {world}; "
                             "resume with the same number")

@@ -107,6 +107,7 @@ def test_sampled_scale_too_small_repacks_with_exact_max(tmp_path, capsys):
 
 
 def test_raw_lz4_block_is_what_the_gpu_inflates(tmp_path):
+    import google_crc32c
     import lz4.block
 
     rng = np.random.default_rng(3)
@@ -117,7 +118,8 @@ def test_raw_lz4_block_is_what_the_gpu_inflates(tmp_path):
         chunk = bytes(r.chunk(i))
         assert int.from_bytes(chunk[:4], "little") == r.traj_bytes  # numcodecs' 4-byte size header
         raw = bytes(r.raw_block(i))
-        assert raw == chunk[4:]
+        assert raw == chunk[4:-4]  # schema 2: <size><raw block><CRC32C of size + block>
+        assert int.from_bytes(chunk[-4:], "little") == google_crc32c.value(chunk[:-4])
         out = lz4.block.decompress(raw, uncompressed_size=r.traj_bytes)
         assert out == r.decode(i).tobytes()
 
@@ -133,7 +135,7 @@ def test_our_shards_are_the_bytes_zarr_writes(tmp_path):
         ref = tmp_path / f"ref-{codec.name}.zarr"
         g = zarr.open_group(str(ref), mode="w", zarr_format=3)
         a = g.create_array("states", shape=q.shape, dtype="uint8", chunks=(1,) + q.shape[1:],
-                           shards=(4,) + q.shape[1:], compressors=[codec.zarr_codec()], fill_value=0)
+                           shards=(4,) + q.shape[1:], compressors=codec.zarr_codecs(), fill_value=0)
         a[...] = q
         for s in range(3):
             ours = writer.encode_shard(q[4 * s:4 * s + 4], 4, codec)
@@ -202,7 +204,7 @@ def test_corrupt_chunk_and_index_are_named(tmp_path, tiny_root):
     data[10:60] = b"\xff" * 50  # inside the first chunk of shard 2 (trajectory 14)
     p.write_bytes(bytes(data))
     r = StoreReader(tmp_path / "v.zarr")
-    with pytest.raises(JepaFastError, match=r"trajectory 14 \(shard 2\) fails to decompress"):
+    with pytest.raises(JepaFastError, match=r"trajectory 14 \(shard 2\) fails its CRC32C check"):
         r.verify()
     data[-10] ^= 0xFF  # the shard index itself
     p.write_bytes(bytes(data))

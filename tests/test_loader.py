@@ -201,9 +201,10 @@ def _corrupt(store, tmp_path):
 @pytest.mark.parametrize("kind", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_corrupt_chunk_is_a_clear_error_not_a_hang(store, tmp_path, kind):
     bad = _corrupt(store, tmp_path)
-    loader = build_loader(bad, DataConfig(loader=kind, batch_size=256, shuffle=False), torch.device("cpu"))
-    with pytest.raises(Exception, match=r"corrupt.zarr: chunk of trajectory 7 .*fails to decompress"):
-        for _ in loader:
+    # caught by the chunk's CRC32C as the store is loaded, before any batch
+    with pytest.raises(JepaFastError, match=r"corrupt.zarr/states/c/1/0/0/0/0: the chunk of trajectory 7 \(shard 1\) "
+                       r"fails its CRC32C check"):
+        for _ in build_loader(bad, DataConfig(loader=kind, batch_size=256, shuffle=False), torch.device("cpu")):
             pass
 
 

@@ -39,10 +39,28 @@ def run_command(func, args) -> int:
     except JepaFastError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system said no: a full disk, no permission, a read-only mount, ...
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a file-system error: the file, what the system said, and what to do."""
+    import errno
+
+    where = e.filename or "a file"
+    hint = {errno.ENOSPC: "the disk is full: free space and run again (an interrupted pack continues with --resume)",
+            errno.EDQUOT: "the disk quota is exceeded: free space and run again",
+            errno.EACCES: "no permission to write there: choose another destination",
+            errno.EPERM: "no permission to write there: choose another destination",
+            errno.EROFS: "a read-only file system: choose another destination",
+            errno.ENOTDIR: "a part of the path is a file, not a folder: choose another destination",
+            errno.EISDIR: "that is a folder, not a file"}.get(e.errno, "check the path and the disk")
+    return f"{where}: {e.strerror or e}; {hint}"
 
 
 def main(argv: list[str] | None = None) -> int:

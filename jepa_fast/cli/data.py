@@ -66,17 +66,21 @@ def _add_show(sub) -> None:
     p.add_argument("--n", type=int, default=4, help="how many trajectories (rows), default 4")
     p.add_argument("--frames", type=int, default=6, help="frames per row, default 6")
     p.add_argument("--start", type=int, default=0, help="index of the first trajectory shown")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_show)
 
 
 def _cmd_show(args) -> None:
     import numpy as np
 
-    from jepa_fast.sim.generate import load_split
     from jepa_fast.viz import trajectory_grid
 
     if args.n < 1 or args.frames < 1:
         raise JepaFastError("--n and --frames must be >= 1")
+    if args.out.is_dir():
+        raise JepaFastError(f"--out {args.out} is a folder; give the PNG file to write, e.g. {args.out / 'sample.png'}")
+    if args.out.exists() and not args.overwrite:
+        raise JepaFastError(f"--out {args.out} exists; pass --overwrite to replace it")
     if (args.split / "zarr.json").exists():
         from jepa_fast.data.reader import StoreReader
 
@@ -85,10 +89,12 @@ def _cmd_show(args) -> None:
         get_states = lambda sl: np.stack([reader.decode(i) for i in range(sl.start, sl.stop)])  # noqa: E731
         all_locs = reader.locations()
     else:
-        data = load_split(args.split)
-        N = len(data["states"])
-        get_states = lambda sl: np.asarray(data["states"][sl])  # noqa: E731
-        all_locs = data.get("locations")
+        from jepa_fast.data.source import open_source
+
+        source = open_source(args.split)  # one-line errors for a missing, truncated or non-.npy file
+        N = len(source.states)
+        get_states = lambda sl: np.asarray(source.states[sl])  # noqa: E731
+        all_locs = source.locations
     if not 0 <= args.start < N:
         raise JepaFastError(f"--start {args.start}: {args.split} holds {N} trajectories")
     sel = slice(args.start, min(N, args.start + args.n))

@@ -25,6 +25,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "tiny (tests)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs, plots)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace what a non-empty --out holds")
     p.add_argument("--init", type=Path, default=None, metavar="RUN_OR_WEIGHTS",
                    help="start from these weights (a fine-tune: fresh optimizer, schedule and data position): a "
                    "checkpoint or run folder, or the course project's model_weights.pth")
@@ -79,7 +80,7 @@ def _cmd_train(args) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     train(config_from_args(args), args.data, args.out, resume=args.resume, progress=not args.no_progress,
-          init=args.init)
+          init=args.init, overwrite=args.overwrite)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +101,7 @@ def _add_probe(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="precision of the rollout embeddings (default fp32, as the original evaluator; a lower "
                    "one is faster but moves the numbers, and is recorded in metrics.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_cmd_probe)
 
 
@@ -108,7 +110,7 @@ def _cmd_probe(args) -> None:
     from jepa_fast.probe import format_table, run_probe
 
     r = run_probe(args.checkpoint, args.data, args.out, ProbeConfig(cache=not args.no_cache), args.device,
-                  args.precision)
+                  args.precision, overwrite=args.overwrite)
     print(format_table(r["losses"]))
     print(f"probed in {r['seconds']:.1f} s; metrics.txt, metrics.json and plots in {r['out']}")
 

@@ -113,6 +113,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check(self.loader in ("auto", "dali", "torch"), f"data.loader={self.loader!r}: use auto, dali or torch")
+        check(self.seed >= 0, f"data.seed={self.seed}: must be >= 0")
         check(self.batch_size >= 1, f"data.batch_size={self.batch_size}: must be >= 1")
         check(self.resident in ("auto", "device", "host"), f"data.resident={self.resident!r}: use auto, device, host")
         check(self.workers >= 0, f"data.workers={self.workers}: must be >= 0 (0 = auto)")

@@ -38,6 +38,7 @@ class ProbeConfig:
     False re-runs the model on every prober batch, as the original evaluator does."""
 
     def __post_init__(self) -> None:
+        check(self.seed >= 0, f"probe.seed={self.seed}: must be >= 0")
         check(self.lr > 0, f"probe.lr={self.lr}: must be > 0")
         for name in ("epochs", "batch_size", "sample_timesteps", "hidden", "embed_batch"):
             check(getattr(self, name) >= 1, f"probe.{name}={getattr(self, name)}: must be >= 1")

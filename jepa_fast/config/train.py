@@ -56,6 +56,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check(self.prediction in ("teacher", "rollout"), f"train.prediction={self.prediction!r}: teacher or rollout")
+        check(self.seed >= 0, f"train.seed={self.seed}: must be >= 0")
         check(self.epochs >= 1, f"train.epochs={self.epochs}: must be >= 1")
         check(self.max_steps == -1 or self.max_steps >= 1, f"train.max_steps={self.max_steps}: -1 or >= 1")
         check(self.lr > 0, f"train.lr={self.lr}: must be > 0")

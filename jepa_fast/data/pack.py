@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jepa_fast import atomic
+from jepa_fast import atomic, lock
 from jepa_fast.config import PackConfig
 from jepa_fast.data.reader import store_nbytes
 from jepa_fast.data.schema import ChunkCodec, channel_range, scale_for
@@ -91,16 +91,45 @@ def pack_split(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: b
     cfg = cfg or PackConfig()
     src, dst = Path(src), Path(dst)
     source = open_source(src)
-    atomic.check_destination(dst, overwrite, "store")
+    N, T, C, H, W = source.states.shape
+    k = cfg.trajectories_per_shard(T * C * H * W)
+    options = {"codec": cfg.codec, "zstd_level": cfg.zstd_level, "k": k, "scale_mode": cfg.scale}
+    with lock.exclusive(dst, "store"):
+        if resume and _packed_from(dst, source, options):  # finished before the interruption: keep it
+            print(f"{dst}: already packed from this source with these options; kept")
+            return _summary(dst, source, k, 0.0)
+        atomic.check_destination(dst, overwrite, "store")
+        return _pack_split_locked(source, dst, cfg, k, options, overwrite, resume, progress)
+
+
+def _packed_from(dst: Path, source: Source, options: dict) -> bool:
+    """Is ``dst`` a complete store packed from this very source file with these options?"""
+    try:
+        attrs = json.loads((dst / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+    return bool(attrs.get("complete")) and attrs.get("pack") == {"options": options, "source": source.fingerprint()}
+
+
+def _summary(dst: Path, source: Source, k: int, seconds: float) -> dict:
+    N, T = source.states.shape[:2]
+    return {"store": str(dst), "n": N, "frames": N * T, "seconds": seconds, "k": k,
+            "bytes_in": int(source.states.nbytes), "bytes_out": store_nbytes(dst)}
+
+
+def _pack_split_locked(source: Source, dst: Path, cfg: PackConfig, k: int, options: dict, overwrite: bool,
+                       resume: bool, progress: bool) -> dict:
     partial = dst.with_name(dst.name + ".partial")
     N, T, C, H, W = source.states.shape
     codec = ChunkCodec(cfg.codec, cfg.zstd_level)
-    k = cfg.trajectories_per_shard(T * C * H * W)
-    options = {"codec": cfg.codec, "zstd_level": cfg.zstd_level, "k": k, "scale_mode": cfg.scale}
     t0 = time.perf_counter()
     state = _load_progress(partial, source, options) if resume else None
     if resume and state is None and partial.exists():
         print(f"{partial}: not resumable (source or options changed); starting over")
+    if not resume and not overwrite and (partial / PROGRESS_FILE).exists():
+        done = _progress_done(partial)
+        raise JepaFastError(f"{partial} holds an interrupted pack ({done} of {N:,} trajectories done); pass --resume "
+                            "to continue it, or --overwrite to start over")
     try:
         if state is None:
             shutil.rmtree(partial, ignore_errors=True)
@@ -120,6 +149,8 @@ def pack_split(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: b
         while True:
             writer = StoreWriter(partial, N, T, C, H, W, k, codec, np.array(state["scale"]),
                                  source.locations is not None, _source_attrs(source), create=create)
+            writer.absent = set(state.get("absent", []))
+            writer.check_written(state["done"] // k)  # what a resume keeps must still be there
             _save_progress(partial, state)
             try:
                 _pack_states(source, writer, state, cfg.workers, progress)
@@ -133,15 +164,14 @@ def pack_split(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: b
                 create = True
         writer.finalize(np.asarray(source.actions), None if source.locations is None else np.asarray(source.locations),
                         {"value_max": state["value_max"], "source_dtype": str(source.states.dtype),
-                         "walls_static": state["walls_static"]})
+                         "walls_static": state["walls_static"],
+                         "pack": {"options": options, "source": source.fingerprint()}})
         (partial / PROGRESS_FILE).unlink(missing_ok=True)
     except JepaFastError:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     atomic.replace_path(partial, dst)
-    seconds = time.perf_counter() - t0
-    return {"store": str(dst), "n": N, "frames": N * T, "seconds": seconds, "k": k,
-            "bytes_in": int(source.states.nbytes), "bytes_out": store_nbytes(dst)}
+    return _summary(dst, source, k, time.perf_counter() - t0)
 
 
 def _block_len(source: Source, k: int) -> int:
@@ -198,6 +228,7 @@ def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int,
                     bar.update((done - state["done"]) * T)
                     state["done"] = done
                     state["value_max"] = value_max.tolist()
+                    state["absent"] = sorted(writer.absent)  # all-empty shards written so far (not missing ones)
                     _save_progress(writer.path, state)  # tiny file, no fsync: cheap at every block
             while pending:
                 done, fut, _ = pending.popleft()
@@ -209,6 +240,7 @@ def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int,
                 fut.cancel()
             bar.close()
     state["value_max"] = value_max.tolist()
+    state["absent"] = sorted(writer.absent)
     _save_progress(writer.path, state)
 
 
@@ -217,6 +249,13 @@ def _save_progress(partial: Path, state: dict) -> None:
     tmp = partial / f".{PROGRESS_FILE}.tmp"
     tmp.write_text(json.dumps(state))
     os.replace(tmp, partial / PROGRESS_FILE)
+
+
+def _progress_done(partial: Path) -> str:
+    try:
+        return f"{int(json.loads((partial / PROGRESS_FILE).read_text())['done']):,}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return "?"
 
 
 def _load_progress(partial: Path, source: Source, options: dict) -> dict | None:
@@ -234,7 +273,12 @@ def _load_progress(partial: Path, source: Source, options: dict) -> dict | None:
 
 def pack_path(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bool = False, resume: bool = False,
               progress: bool = True) -> list[dict]:
-    """Pack one split folder, or a dataset root with all its splits (dst/<split>.zarr each)."""
+    """Pack one split folder, or a dataset root with all its splits (dst/<split>.zarr each).
+
+    A root packs into ``<dst>.partial`` and appears at ``dst`` only when every split is packed: a bad
+    split leaves nothing new behind, and a killed pack leaves a whole that ``--resume`` continues split
+    by split (finished splits are kept, the interrupted one resumes after its last complete block).
+    """
     src, dst = Path(src), Path(dst)
     if (src / "states.npy").exists() or (src / "actions.npy").exists():
         return [pack_split(src, dst, cfg, overwrite, resume, progress)]
@@ -248,12 +292,26 @@ def pack_path(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bo
         raise JepaFastError(f"{dst}: a dataset root packs into a folder of <split>.zarr stores; drop the .zarr suffix")
     for s in splits:
         open_source(src / s)  # validate every split before writing any
-    out = []
-    for s in splits:
-        print(f"packing {s}")
-        out.append(pack_split(src / s, dst / f"{s}.zarr", cfg, overwrite, resume, progress))
-    if (src / "dataset.json").exists():
-        atomic.atomic_write_bytes(dst / "dataset.json", (src / "dataset.json").read_bytes())
+    partial = dst.with_name(dst.name + ".partial")
+    with lock.exclusive(dst, "packed dataset folder"):
+        atomic.check_destination(dst, overwrite, "packed dataset folder")
+        if partial.exists() and not resume:
+            if not overwrite:
+                raise JepaFastError(f"{partial} holds an interrupted pack of a dataset root; pass --resume to continue "
+                                    "it, or --overwrite to start over")
+            shutil.rmtree(partial)
+        out = []
+        try:
+            for s in splits:
+                print(f"packing {s}")
+                # inside the root's own partial folder: a store that does not match is simply redone
+                out.append(pack_split(src / s, partial / f"{s}.zarr", cfg, True, resume, progress))
+            if (src / "dataset.json").exists():
+                atomic.atomic_write_bytes(partial / "dataset.json", (src / "dataset.json").read_bytes())
+        except JepaFastError:
+            shutil.rmtree(partial, ignore_errors=True)  # bad input: nothing new stays behind
+            raise
+        atomic.replace_path(partial, dst)
+    for r in out:
+        r["store"] = str(dst / Path(r["store"]).relative_to(partial))
     return out
-
-

@@ -8,6 +8,8 @@ arrays; both loaders (torch and DALI) and the prober read through it.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -16,9 +18,20 @@ import numpy as np
 
 from jepa_fast.data.batch import flip_actions_locations, flipped
 from jepa_fast.data.sampler import Plan
-from jepa_fast.data.schema import FORMAT_NAME, MAX_U64, SCHEMA_VERSION, ChunkCodec, raw_lz4_block, shard_path
+from jepa_fast.data.schema import (
+    FORMAT_NAME,
+    MAX_U64,
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    ChunkChecksumError,
+    ChunkCodec,
+    shard_path,
+)
 from jepa_fast.errors import JepaFastError
 from jepa_fast.progress import frame_bar
+
+log = logging.getLogger(__name__)
+_NOTED: set[str] = set()  # stores whose schema-1 note was already printed
 
 
 def store_nbytes(path: Path) -> int:
@@ -49,9 +62,15 @@ class StoreReader:
         if attrs.get("format") != FORMAT_NAME:
             raise JepaFastError(f"{self.path}: not a jepa-fast store (format={attrs.get('format')!r}); "
                                 "create it with jepa-fast pack")
-        if attrs.get("schema_version") != SCHEMA_VERSION:
-            raise JepaFastError(f"{self.path}: schema version {attrs.get('schema_version')}, this jepa-fast reads "
-                                f"version {SCHEMA_VERSION}; re-pack it with this version's jepa-fast pack")
+        version = attrs.get("schema_version")
+        if version not in READABLE_VERSIONS:
+            raise JepaFastError(f"{self.path}: schema version {version}, this jepa-fast reads versions "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}; re-pack it with this jepa-fast")
+        self.version = version
+        if version < SCHEMA_VERSION and str(self.path) not in _NOTED:
+            _NOTED.add(str(self.path))
+            log.warning("%s: schema version %s store: no chunk checksums, so corruption and missing shards cannot be "
+                        "detected; re-pack it to upgrade", self.path, version)
         if not attrs.get("complete"):
             raise JepaFastError(f"{self.path}: incomplete store (an interrupted pack?); re-run jepa-fast pack")
         names = set(group.array_keys())
@@ -60,16 +79,46 @@ class StoreReader:
                 raise JepaFastError(f"{self.path}: array {need!r} is missing; re-pack the split")
         self.attrs = attrs
         states = group["states"]
+        if len(states.shape) != 5:
+            raise JepaFastError(f"{self.path}: states has shape {states.shape}, expected (N, T, C, H, W); re-pack")
         self.n, self.T, self.C, self.H, self.W = states.shape
-        self.k = int(attrs["trajectories_per_shard"])
-        self.scale = np.asarray(attrs["scale"], dtype=np.float64)
         meta = states.metadata.to_dict()
-        inner = meta["codecs"][0]["configuration"]["codecs"]
-        self.codec = ChunkCodec.from_metadata(list(inner))
+        try:
+            sharding = meta["codecs"][0]["configuration"]
+            inner, shard_rows = list(sharding["codecs"]), int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        except (KeyError, IndexError, TypeError):
+            raise JepaFastError(f"{self.path}: states is not sharded as this format writes it; re-pack") from None
+        self.codec = ChunkCodec.from_metadata(inner)
+        self.k, self.scale = self._check_attrs(attrs, group, shard_rows)
         self.traj_bytes = self.T * self.C * self.H * self.W
         self._group = group
         self._parse_indices()
         self._blob: np.ndarray | None = None
+
+    def _check_attrs(self, attrs: dict, group, shard_rows: int) -> tuple[int, np.ndarray]:
+        """The attrs must agree with the arrays: one line naming the field otherwise."""
+        def bad(field: str, why: str) -> JepaFastError:
+            return JepaFastError(f"{self.path}: attrs {field} {why}; the store's metadata is damaged, re-pack it")
+
+        for field, want in (("n", self.n), ("seq_len", self.T), ("channels", self.C), ("image_size", self.H),
+                            ("trajectories_per_shard", shard_rows)):
+            if attrs.get(field) != want:
+                raise bad(field, f"= {attrs.get(field)!r} but the states array says {want}")
+        scale = attrs.get("scale")
+        if (not isinstance(scale, list) or len(scale) != self.C
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in scale)
+                or not all(math.isfinite(v) and v > 0 for v in scale)):
+            raise bad("scale", f"= {scale!r} is not {self.C} positive numbers")
+        shapes = {"actions": (self.n, self.T - 1, 2), "locations": (self.n, self.T, 2)}
+        for name, want in shapes.items():
+            if name in set(group.array_keys()) and tuple(group[name].shape) != want:
+                raise JepaFastError(f"{self.path}: {name} has shape {tuple(group[name].shape)}, expected {want} "
+                                    "from states; re-pack the split")
+        absent = attrs.get("absent_shards", [])
+        if self.version >= 2 and not isinstance(absent, list):
+            raise bad("absent_shards", f"= {absent!r} is not a list")
+        self._absent = set(absent) if self.version >= 2 else None
+        return shard_rows, np.asarray(scale, dtype=np.float64)
 
     # index ------------------------------------------------------------------------------------
     def _parse_indices(self) -> None:
@@ -84,7 +133,11 @@ class StoreReader:
         for s in range(n_shards):
             p = shard_path(self.path, s)
             if not p.exists():
-                continue
+                if self._absent is None or s in self._absent:  # all-empty shard (schema 1 cannot tell)
+                    continue
+                lo, hi = s * self.k, min(self.n, (s + 1) * self.k)
+                raise JepaFastError(f"{p}: shard {s} (trajectories {lo}-{hi - 1}) is missing; the store is damaged: "
+                                    "re-pack the split (jepa-fast pack SRC DST --overwrite)")
             size = p.stat().st_size
             if size < tail:
                 raise JepaFastError(f"{p}: shard {s} is truncated ({size} bytes); re-pack the split")
@@ -125,9 +178,19 @@ class StoreReader:
                 nb = self.chunk_nbytes[i]
                 if nb:
                     o = self.chunk_offset[i]
-                    blob[starts[i]:starts[i] + nb] = np.frombuffer(data, np.uint8, nb, o)
+                    chunk = np.frombuffer(data, np.uint8, nb, o)
+                    self._check(i, chunk)  # every chunk's CRC32C, once, as it enters RAM (~10 GB/s)
+                    blob[starts[i]:starts[i] + nb] = chunk
         self._blob = blob
         self.chunk_global = starts
+
+    def _check(self, i: int, chunk) -> memoryview:
+        try:
+            return self.codec.payload(chunk)
+        except ChunkChecksumError:
+            raise JepaFastError(f"{shard_path(self.path, int(self.chunk_shard[i]))}: the chunk of trajectory {i} "
+                                f"(shard {int(self.chunk_shard[i])}) fails its CRC32C check; the store is corrupt, "
+                                "re-pack the split") from None
 
     def chunk(self, i: int) -> memoryview | None:
         """Stored bytes of trajectory i's chunk (codec framing included), or None if the chunk is empty."""
@@ -148,7 +211,7 @@ class StoreReader:
         if self.codec.name != "lz4":
             raise JepaFastError(f"{self.path}: codec {self.codec.name} has no raw LZ4 blocks; re-pack with --codec lz4")
         c = self.chunk(i)
-        return None if c is None else raw_lz4_block(c)
+        return None if c is None else self.codec.raw_block(c)
 
     def decode(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         """uint8 frames (T, C, H, W) of trajectory i."""
@@ -158,8 +221,9 @@ class StoreReader:
         if c is None:
             out[...] = 0
             return out
+        payload = self._check(i, c)
         try:
-            self.codec.decode_into(c, out)
+            self.codec.decompress_into(payload, out)
         except Exception as e:  # numcodecs raises RuntimeError/ValueError on corrupt input
             raise JepaFastError(f"{self.path}: chunk of trajectory {i} (shard {int(self.chunk_shard[i])}) fails to "
                                 f"decompress ({e}); the store is corrupt, re-pack the split") from None
@@ -167,15 +231,25 @@ class StoreReader:
 
     # small arrays -------------------------------------------------------------------------------
     def actions(self) -> np.ndarray:
-        return np.asarray(self._group["actions"][...])
+        return self._small("actions")
 
     def locations(self) -> np.ndarray | None:
         if "locations" not in set(self._group.array_keys()):
             return None
-        return np.asarray(self._group["locations"][...])
+        return self._small("locations")
+
+    def _small(self, name: str) -> np.ndarray:
+        try:
+            return np.asarray(self._group[name][...])
+        except Exception as e:  # zarr's crc32c codec, a missing or truncated chunk file, ...
+            raise JepaFastError(f"{self.path / name}: unreadable ({type(e).__name__}: {str(e)[:100]}); the store is "
+                                "corrupt, re-pack the split") from None
 
     def verify(self, progress: bool = False) -> int:
-        """Decode every chunk and check sizes; returns the number of chunks checked."""
+        """Check every chunk's CRC32C and decode it, and the small arrays; returns the number of chunks checked.
+
+        Opening the store already checked the attrs against the arrays, every shard index and that no
+        shard is missing."""
         out = np.empty((self.T, self.C, self.H, self.W), dtype=np.uint8)
         bar = frame_bar(self.n * self.T, progress, "verify")
         for i in range(self.n):

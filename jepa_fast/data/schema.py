@@ -9,14 +9,19 @@ A split is packed into one Zarr v3 group ``<split>.zarr`` that plain zarr-python
     actions    float32 (N, T-1, 2)
     locations  float32 (N, T, 2)          (only when the source has them)
     attrs      format, schema_version, complete, n, seq_len, channels, image_size, scale,
-               value_max, source_dtype, codec, trajectories_per_shard, source, stats,
+               value_max, source_dtype, codec, trajectories_per_shard, absent_shards, source, stats,
                walls_static (channel 1 identical in every frame of every trajectory)
 
 Why one trajectory per inner chunk: it is the unit the loader samples, and with LZ4 the stored bytes of
-an inner chunk are ``<4-byte little-endian size><raw LZ4 block>`` (numcodecs' framing), so skipping 4
-bytes gives exactly the raw block that DALI's GPU ``fn.decoders.inflate`` decompresses. Each shard
-file ends with zarr's shard index: k x (offset, nbytes) little-endian uint64 (2**64-1 = empty chunk)
-followed by the CRC32C of those bytes.
+an inner chunk are ``<4-byte little-endian size><raw LZ4 block><4-byte CRC32C>`` (numcodecs' framing,
+then zarr's standard ``crc32c`` codec), so bytes [4, nbytes - 4) are exactly the raw block that DALI's
+GPU ``fn.decoders.inflate`` decompresses, while zarr-python and our reader check every chunk's CRC.
+Each shard file ends with zarr's shard index: k x (offset, nbytes) little-endian uint64 (2**64-1 =
+empty chunk) followed by the CRC32C of those bytes. A shard whose chunks are all empty is not written
+(zarr's convention); ``attrs["absent_shards"]`` lists those, so a missing shard file is an error, never
+zeros. actions and locations are zstd + crc32c zarr arrays.
+
+Schema 1 (no CRCs, no absent_shards) is still read, with a one-line note that it carries no checksums.
 
 Quantisation of float input: q = floor(x / scale + 0.5) with a per-channel scale >= max / 255, so
 |q * scale - x| <= scale / 2 everywhere (no clipping: a value that would clip makes the packer repack
@@ -36,7 +41,10 @@ import numpy as np
 from jepa_fast.errors import JepaFastError
 
 FORMAT_NAME = "jepa-fast-zarr"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: every chunk (and the small arrays) carries a CRC32C, and attrs list the legitimately absent shards.
+1: no checksums (still read, with a note)."""
+READABLE_VERSIONS = (1, 2)
 MAX_U64 = 2**64 - 1
 """The shard index's marker of an empty (not stored, all-zero) chunk."""
 
@@ -57,14 +65,23 @@ def _zarr_lz4_codec():
     return LZ4(acceleration=1)
 
 
-class ChunkCodec:
-    """Compresses/decompresses one inner chunk exactly as the zarr codec named in the metadata does."""
+class ChunkChecksumError(ValueError):
+    """A stored chunk's bytes do not match their CRC32C: the store is corrupt."""
 
-    def __init__(self, name: str, level: int = 3):
+
+class ChunkCodec:
+    """Compresses/decompresses one inner chunk exactly as the zarr codecs named in the metadata do.
+
+    Schema 2 chunks end with zarr's standard ``crc32c`` codec: the 4-byte little-endian CRC32C of the
+    compressed bytes. With LZ4 a chunk is therefore ``<4-byte size><raw LZ4 block><4-byte CRC32C>``, so
+    the raw block GPU inflate reads stays addressable by offset: bytes [4, nbytes - 4) of the chunk.
+    Schema 1 chunks have no CRC (``checksum=False``): the block is bytes [4, nbytes).
+    """
+
+    def __init__(self, name: str, level: int = 3, checksum: bool = True):
         import numcodecs
 
-        self.name = name
-        self.level = level
+        self.name, self.level, self.checksum = name, level, checksum
         if name == "lz4":
             self._codec = numcodecs.LZ4(acceleration=1)
         elif name == "zstd":
@@ -72,34 +89,64 @@ class ChunkCodec:
         else:
             raise JepaFastError(f"codec {name!r}: use lz4 or zstd")
 
-    def zarr_codec(self):
+    def zarr_codecs(self) -> list:
+        """The zarr codec chain after 'bytes' (compressor, then crc32c)."""
         if self.name == "lz4":
-            return _zarr_lz4_codec()
-        from zarr.codecs import ZstdCodec
+            comp = _zarr_lz4_codec()
+        else:
+            from zarr.codecs import ZstdCodec
 
-        return ZstdCodec(level=self.level, checksum=False)
+            comp = ZstdCodec(level=self.level, checksum=False)
+        if not self.checksum:
+            return [comp]
+        from zarr.codecs import Crc32cCodec
+
+        return [comp, Crc32cCodec()]
 
     def encode(self, arr: np.ndarray) -> bytes:
-        return self._codec.encode(arr)
+        data = self._codec.encode(arr)
+        if not self.checksum:
+            return data
+        import google_crc32c
+
+        return data + google_crc32c.value(data).to_bytes(4, "little")
+
+    def payload(self, chunk) -> memoryview:
+        """The compressed bytes of a stored chunk, its CRC32C checked first (schema 2)."""
+        chunk = memoryview(chunk)
+        if not self.checksum:
+            return chunk
+        import google_crc32c
+
+        body = chunk[:-4]
+        if len(chunk) < 4 or google_crc32c.value(bytes(body)) != int.from_bytes(chunk[-4:], "little"):
+            raise ChunkChecksumError("CRC32C mismatch")
+        return body
 
     def decode_into(self, chunk, out: np.ndarray) -> None:
-        """Decompress stored chunk bytes into ``out`` (contiguous uint8)."""
-        self._codec.decode(chunk, out=out)
+        """Check and decompress stored chunk bytes into ``out`` (contiguous uint8)."""
+        self.decompress_into(self.payload(chunk), out)
+
+    def decompress_into(self, payload, out: np.ndarray) -> None:
+        """Decompress a chunk's payload (its CRC already checked or stripped) into ``out``."""
+        self._codec.decode(payload, out=out)
+
+    def raw_block(self, chunk) -> memoryview:
+        """The raw LZ4 block of a stored lz4 chunk (what DALI's inflate takes), without checking the CRC."""
+        chunk = memoryview(chunk)
+        return chunk[4:-4] if self.checksum else chunk[4:]
 
     @staticmethod
     def from_metadata(codecs: list) -> ChunkCodec:
+        checksum = any(c.get("name") == "crc32c" for c in codecs)
         for c in codecs:
             name = c.get("name")
             if name == "numcodecs.lz4":
-                return ChunkCodec("lz4")
+                return ChunkCodec("lz4", checksum=checksum)
             if name == "zstd":
-                return ChunkCodec("zstd", c.get("configuration", {}).get("level", 3))
+                return ChunkCodec("zstd", c.get("configuration", {}).get("level", 3), checksum=checksum)
         raise JepaFastError(f"states codecs {codecs}: not a codec this reader knows (lz4 or zstd)")
 
-
-def raw_lz4_block(chunk: memoryview | bytes) -> memoryview:
-    """The raw LZ4 block of a stored lz4 chunk: numcodecs' framing is a 4-byte size, then the block."""
-    return memoryview(chunk)[4:]
 
 # ---------------------------------------------------------------------------------------------
 # Quantisation

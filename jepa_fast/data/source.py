@@ -78,6 +78,8 @@ def open_source(src: Path) -> Source:
         raise JepaFastError(f"{src / 'states.npy'}: shape {s_shape} is too small (need N >= 1, T >= 2, H >= 8)")
     if s_dtype not in (np.dtype(np.uint8), np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)):
         raise JepaFastError(f"{src / 'states.npy'}: dtype {s_dtype}; expected float32/float16/float64 or uint8")
+    if a_dtype.kind != "f":
+        raise JepaFastError(f"{src / 'actions.npy'}: dtype {a_dtype}; expected floats (float32)")
     if len(a_shape) != 3 or a_shape[2] != 2:
         raise JepaFastError(f"{src / 'actions.npy'}: shape {a_shape}; expected (N, T-1, 2)")
     if a_shape[0] != N:
@@ -87,7 +89,9 @@ def open_source(src: Path) -> Source:
                             f"so expected {T - 1}")
     locations = None
     if (src / "locations.npy").exists():
-        l_shape, _, _ = _npy_header(src / "locations.npy")
+        l_shape, l_dtype, _ = _npy_header(src / "locations.npy")
+        if l_dtype.kind != "f":
+            raise JepaFastError(f"{src / 'locations.npy'}: dtype {l_dtype}; expected floats (float32)")
         if tuple(l_shape) != (N, T, 2):
             raise JepaFastError(f"{src / 'locations.npy'}: shape {l_shape}; expected {(N, T, 2)}")
         locations = np.load(src / "locations.npy", mmap_mode="r")

@@ -9,11 +9,13 @@ depends on this writer, never the reverse).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from jepa_fast.data.schema import FORMAT_NAME, MAX_U64, SCHEMA_VERSION, ChunkCodec, quantize, shard_path, walls_static
+from jepa_fast.errors import JepaFastError
 
 
 def encode_shard(q: np.ndarray, k: int, codec: ChunkCodec) -> bytes | None:
@@ -60,16 +62,19 @@ class StoreWriter:
         self.codec = codec
         self.scale = np.asarray(scale, dtype=np.float64)
         self.has_locations = has_locations
+        self.absent: set[int] = set()  # shards with no file (every chunk empty); a resume restores it
+        self._absent_lock = threading.Lock()
         if create:
             group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
             group.create_array("states", shape=(n, T, C, H, W), dtype="uint8", chunks=(1, T, C, H, W),
-                               shards=(k, T, C, H, W), compressors=[codec.zarr_codec()], fill_value=0)
+                               shards=(k, T, C, H, W), compressors=codec.zarr_codecs(), fill_value=0)
             rows = min(n, 1 << 16)
+            small = _small_array_codecs()
             group.create_array("actions", shape=(n, T - 1, 2), dtype="float32", chunks=(rows, T - 1, 2),
-                               fill_value=0.0)
+                               compressors=small, fill_value=0.0)
             if has_locations:
                 group.create_array("locations", shape=(n, T, 2), dtype="float32", chunks=(rows, T, 2),
-                                   fill_value=0.0)
+                                   compressors=small, fill_value=0.0)
             group.attrs.update({**attrs, "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION,
                                 "complete": False, "n": n, "seq_len": T, "channels": C, "image_size": H,
                                 "scale": self.scale.tolist(), "codec": codec.name,
@@ -88,13 +93,25 @@ class StoreWriter:
         p = self.shard_path(s)
         if data is None:
             p.unlink(missing_ok=True)
+            with self._absent_lock:
+                self.absent.add(s)
             return 0
+        with self._absent_lock:
+            self.absent.discard(s)
         # Written in place: the store as a whole is atomic (it lives in <dst>.partial until complete),
         # and a resume rewrites every shard past the last recorded one, torn or not.
         os.makedirs(p.parent, exist_ok=True)
         with open(p, "wb") as f:
             f.write(data)
         return len(data)
+
+    def check_written(self, upto: int) -> None:
+        """Shards [0, upto) are on disk, or recorded as all-empty: a shard deleted from a partial store must
+        not pass for an empty one."""
+        for s in range(upto):
+            if s not in self.absent and not self.shard_path(s).exists():
+                raise JepaFastError(f"{self.shard_path(s)}: shard {s} of the store being written is missing (deleted "
+                                    "during the pack?); the partial store is discarded, run the pack again")
 
     def write_block(self, start: int, x: np.ndarray) -> bool:
         """Quantise and write trajectories [start, start + len(x)); start is a multiple of k.
@@ -116,7 +133,8 @@ class StoreWriter:
         if self.has_locations:
             group["locations"][...] = np.asarray(locations, dtype=np.float32)
             stats.update(location_mean=_mean(locations), location_std=_std(locations))
-        group.attrs.update({**extra_attrs, "stats": stats, "complete": True})
+        self.check_written(self.n_shards)
+        group.attrs.update({**extra_attrs, "stats": stats, "absent_shards": sorted(self.absent), "complete": True})
 
 
 
@@ -128,3 +146,8 @@ def _std(a) -> list[float]:
     return np.asarray(a, dtype=np.float64).reshape(-1, 2).std(0).round(6).tolist()
 
 
+def _small_array_codecs() -> list:
+    """actions/locations: zstd, then zarr's crc32c (zarr checks it on every read)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=3), Crc32cCodec()]

@@ -165,6 +165,8 @@ def generate_dataset(out: Path, ds: DatasetConfig, sim: SimConfig, seed: int = 0
     schema (``jepa_fast.data.schema``) with the packer's writer without ever holding float32 frames on disk.
     """
     out = Path(out)
+    if not isinstance(seed, int) or seed < 0:
+        raise JepaFastError(f"--seed {seed}: must be an integer >= 0")
     if dtype not in ("float32", "uint8"):
         raise JepaFastError(f"--dtype {dtype}: use float32 or uint8")
     if fmt not in ("npy", "zarr"):
