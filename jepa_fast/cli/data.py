@@ -135,7 +135,8 @@ def run_pack(args) -> None:
     results = pack_path(args.src, args.dst, cfg, overwrite=args.overwrite, resume=args.resume,
                         progress=not args.no_progress)
     for r in results:
-        print(f"{r['store']}: {r['n']:,} trajectories, {r['frames'] / r['seconds']:,.0f} frames/s, "
+        speed = f"{r['frames'] / r['seconds']:,.0f} frames/s" if r["seconds"] > 0 else "kept from before"
+        print(f"{r['store']}: {r['n']:,} trajectories, {speed}, "
               f"{r['bytes_in'] / max(r['bytes_out'], 1):.1f}x smaller than the source states")
 
 
