@@ -99,6 +99,15 @@ def resolve_workers(requested: int, device: torch.device) -> tuple[int, str]:
     return max(1, min(8, _cores() // local // 2)), "auto: half the cores of this process"
 
 
+def dali_extra() -> tuple[str, str]:
+    """(pip extra, DALI wheel) matching this torch's CUDA major version: DALI's CUDA must match the driver's
+    major version family (12 or 13); a CPU-only torch takes the CUDA 12 build, whose CPU mode runs anywhere."""
+    cuda = torch.version.cuda or ""
+    if cuda.split(".")[0] == "13":
+        return "cuda13", "nvidia-dali-cuda130"
+    return "cuda12", "nvidia-dali-cuda120"
+
+
 @dataclasses.dataclass(frozen=True)
 class Resolved:
     """The resolved machine-dependent settings and why each was chosen."""
@@ -128,3 +137,10 @@ def resolve(run, device: torch.device):
         data=dataclasses.replace(run.data, workers=workers))
     why = {"precision": why_p, "compile": why_c, "threads": why_t, "workers": why_w}
     return run, Resolved(precision, compile_on, threads, workers, why)
+
+
+if __name__ == "__main__":  # python -m jepa_fast.hardware dali-extra: the pip extra `make install` picks
+    import sys
+
+    if sys.argv[1:] == ["dali-extra"]:
+        print(dali_extra()[0])

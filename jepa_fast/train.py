@@ -171,6 +171,8 @@ def _train(run: RunConfig, data: Path, out: Path, resume: bool, stop_at_step: in
             log.info("model config taken from %s (it differs from preset %s's)", what, run.preset)
         run = dataclasses.replace(run, model=model_cfg)
     rank, world, local_rank = _dist_env()
+    # ask NVML, not the CUDA driver: DALI can fork its workers only while the driver is not initialised
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if not resume and not overwrite:
@@ -182,9 +184,9 @@ def _train(run: RunConfig, data: Path, out: Path, resume: bool, stop_at_step: in
             raise JepaFastError(f"{out} holds files ({names}) but no checkpoint; pass --overwrite to replace them "
                                 "or use another --out")
 
-    run, machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once; config.json records them
-    split = SplitData(store)  # data first: DALI's workers must fork before any CUDA context exists
+    split = SplitData(store)  # data first: DALI's workers must fork before anything initialises CUDA
     loader = build_loader(split, run.data, device, rank=rank, world_size=world)
+    run, machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once; config.json records them
     if run.model.static_walls and not split.reader.attrs.get("walls_static", False):
         log.info("%s: wall images vary within trajectories; encoding every frame (model.static_walls off)", store)
         run = dataclasses.replace(run, model=dataclasses.replace(run.model, static_walls=False))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +228,98 @@ def test_auto_takes_torch_on_a_cpu_device(data, caplog):
         auto = build_loader(data, DataConfig(loader="auto", batch_size=8), torch.device("cpu"))
     assert auto.mode == "torch-host"
     assert any("CPU device" in r.message for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPU path, checked on CPU: fork/spawn, the trainer's order, the GPU feed's bytes, flips without syncs
+
+
+def test_workers_are_spawned_once_the_cuda_driver_is_initialised(monkeypatch):
+    pytest.importorskip("nvidia.dali")
+    from jepa_fast.data import dali
+
+    monkeypatch.setattr(dali, "cuda_driver_initialized", lambda: True)  # as after torch.cuda.is_available()
+    assert dali.worker_start_method(gpu=True) == "spawn"
+    assert dali.worker_start_method(gpu=False) == "fork"  # a CPU-only pipeline never touches CUDA
+    monkeypatch.setattr(dali, "cuda_driver_initialized", lambda: False)
+    assert dali.worker_start_method(gpu=True) == "fork"
+
+
+@needs_dali
+def test_spawned_dali_workers_give_the_torch_loaders_batches(data):
+    from jepa_fast.data.dali import DaliLoader
+    from jepa_fast.data.sampler import Sampler
+
+    cfg = DataConfig(loader="torch", batch_size=48, seed=7, augment=AUGMENT_PRESETS["full"])
+    ref = _epoch(build_loader(data, cfg, torch.device("cpu")))
+    sampler = Sampler(data.n, 48, 7, augment=AUGMENT_PRESETS["full"])
+    spawned = DaliLoader(data, sampler, torch.device("cpu"), workers=1, start_method="spawn")
+    _assert_same(ref, _epoch(spawned))
+
+
+def test_the_trainer_builds_the_loader_before_anything_initialises_cuda(store, tmp_path, monkeypatch):
+    import jepa_fast.train as T
+    from jepa_fast import hardware
+    from jepa_fast.config import run_preset
+
+    order = []
+    real_loader, real_precision = T.build_loader, hardware.resolve_precision
+
+    def loader(*a, **k):
+        order.append(("loader", os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")))
+        return real_loader(*a, **k)
+
+    def precision(*a, **k):  # torch.cuda.is_bf16_supported() initialises CUDA on a GPU machine
+        order.append(("precision", None))
+        return real_precision(*a, **k)
+
+    monkeypatch.setattr(T, "build_loader", loader)
+    monkeypatch.setattr(hardware, "resolve_precision", precision)
+    monkeypatch.delenv("PYTORCH_NVML_BASED_CUDA_CHECK", raising=False)
+    T.train(run_preset("tiny"), store, tmp_path / "r", progress=False)
+    assert order == [("loader", "1"), ("precision", None)]
+
+
+def test_the_gpu_feed_hands_inflate_exactly_the_raw_lz4_blocks(data):
+    import lz4.block
+
+    from jepa_fast.data.dali import ChunkTable, _BatchSource
+    from jepa_fast.data.sampler import Sampler
+
+    table = ChunkTable(data)
+    sampler = Sampler(data.n, 32, 3, augment=AUGMENT_PRESETS["flips"])
+    plan = sampler.plan(0, 1)
+    rows, actions, loc, idx, bright, noise, lr, ud, position, offsets, sizes = _BatchSource(
+        data, table, sampler, (0, 0), gpu=True).feed(plan)
+    assert rows.dtype == np.uint8 and rows.shape == (32 * table.stride,)
+    assert position.tolist() == [0, 1] and np.array_equal(idx, plan.indices)
+    T_, C, H, W = data.frame_shape
+    for j, i in enumerate(plan.indices):  # what fn.decoders.inflate will do with (offsets, sizes) on the GPU
+        block = rows[offsets[j]:offsets[j] + sizes[j]].tobytes()
+        frames = np.frombuffer(lz4.block.decompress(block, uncompressed_size=T_ * C * H * W), np.uint8)
+        np.testing.assert_array_equal(frames.reshape(T_, C, H, W), data.reader.decode(int(i)))
+    ref_a, ref_l = data.small_arrays(plan)
+    np.testing.assert_array_equal(actions, ref_a)
+    np.testing.assert_array_equal(loc, ref_l)
+
+
+def test_flips_on_the_device_match_the_plans(data):
+    from jepa_fast.data.batch import flip_on_device, flipped
+
+    rng = np.random.default_rng(0)
+    frames = np.stack([data.reader.decode(i) for i in range(6)])
+    lr, ud = rng.random(6) < 0.5, rng.random(6) < 0.5
+    out = flip_on_device(torch.from_numpy(frames), torch.from_numpy(lr), torch.from_numpy(ud)).numpy()
+    for j in range(6):
+        np.testing.assert_array_equal(out[j], flipped(frames[j], lr[j], ud[j]))
+
+
+def test_the_dali_error_names_the_wheel_of_this_cuda(data, monkeypatch):
+    import jepa_fast.data.loader as loader_mod
+
+    monkeypatch.setattr(loader_mod, "dali_importable", lambda: False)
+    for cuda, wheel, extra in (("13.0", "nvidia-dali-cuda130", "cuda13"), ("12.8", "nvidia-dali-cuda120", "cuda12"),
+                               (None, "nvidia-dali-cuda120", "cuda12")):
+        monkeypatch.setattr(torch.version, "cuda", cuda)
+        with pytest.raises(JepaFastError, match=rf"install {wheel} \(pip install 'jepa-fast\[{extra}\]'"):
+            build_loader(data, DataConfig(loader="dali", batch_size=8), torch.device("cpu"))

@@ -185,3 +185,26 @@ def test_triton_impl_falls_back_once_where_it_cannot_run(monkeypatch, caplog):
     msgs = [r for r in caplog.records if "using the torch reference" in r.message]
     assert len(msgs) == 1
     torch.testing.assert_close(a[0], L.var_cov_reference(z)[0])
+
+
+def test_gram_grid_fills_a_hopper_from_the_work_model():
+    G, N, D, sms = 2, 512 * 17, 128, 132
+    bd, splits, per = vicreg.gram_config(G, N, D, sms)
+    programs = G * (D // bd) ** 2 * splits
+    assert programs >= 2 * sms  # was 32 programs for 132 SMs
+    assert per % 64 == 0 and per >= 4 * 64 and splits * per >= N > (splits - 1) * per
+    assert vicreg.gram_config(2, 37, 19, 1) == (32, 1, 64)  # tiny problems: one split
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", [(37, 17, 97), (64, 17, 128)])
+def test_triton_kernels_with_the_rows_split_over_many_programs(shape, monkeypatch):
+    """The split-row Gram (as launched on a 132-SM GPU) still matches the reference on odd shapes."""
+    monkeypatch.setattr(vicreg, "_sm_count", lambda device: 132)
+    B, T, D = shape
+    assert vicreg.gram_config(2, B * T, D, 132)[1] > 1
+    z = _z(2, B, T, D, torch.float32).requires_grad_(True)
+    var, cov, *_ = vicreg.vicreg_var_cov(z, 1.0, 1e-4)
+    var_r, cov_r = L.var_cov_reference(z.detach())
+    torch.testing.assert_close(cov, cov_r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(var, var_r, rtol=1e-5, atol=1e-6)

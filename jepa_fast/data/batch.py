@@ -70,3 +70,11 @@ def finish_states(states: torch.Tensor, scale: torch.Tensor, brightness: torch.T
         return x
     std = noise_std.to(dtype).view(-1, 1, 1, 1, 1) * (scale * 255)
     return x + std * torch.randn_like(x)
+
+
+def flip_on_device(states: torch.Tensor, flip_lr: torch.Tensor, flip_ud: torch.Tensor) -> torch.Tensor:
+    """states (B, T, C, H, W) flipped per trajectory where the masks (B,) say, with no host sync."""
+    lr = flip_lr.to(torch.bool).view(-1, 1, 1, 1, 1)
+    ud = flip_ud.to(torch.bool).view(-1, 1, 1, 1, 1)
+    states = torch.where(lr, states.flip(-1), states)
+    return torch.where(ud, states.flip(-2), states)

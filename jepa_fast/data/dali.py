@@ -1,50 +1,82 @@
 """The DALI pipeline: compressed trajectories in, flipped uint8 frames out, one graph for GPU and CPU.
 
-    parallel fn.external_source (Python workers, batch mode)
-        reads this rank's plan for (epoch, step) from the Sampler, slices each trajectory's raw LZ4
-        block out of the in-RAM store, flips actions/locations to match the plan
-    GPU mode:  raw blocks --.gpu()--> fn.decoders.inflate (nvCOMP LZ4) --> frames (T, C, H, W) uint8
-    CPU mode:  the worker decodes the blocks (numcodecs LZ4) --> frames (T, C, H, W) uint8
-    fn.flip(frames, horizontal=flip_lr, vertical=flip_ud)      (per trajectory, every frame alike)
-    DALIGenericIterator --> Batch
+One DALI sample is one whole batch, so the per-batch CPU work does not grow with the number of
+trajectories in Python:
+
+    parallel fn.external_source (Python workers, batch mode, one sample per batch)
+        asks the Sampler for this rank's plan (``Sampler.plan_at``), then with one vectorised gather
+        copies the batch's compressed chunks out of a fixed-stride table of the in-RAM store
+        (``ChunkTable``: row i = trajectory i's stored chunk, zero-padded to the longest one), and
+        flips actions/locations to match the plan
+    GPU mode:  rows (B x stride bytes) --.gpu()--> fn.decoders.inflate (nvCOMP LZ4) with
+               chunk_offsets = i x stride + 4 and chunk_sizes = each raw block's length
+               --> frames (B, T, C, H, W) uint8 on the GPU
+    CPU mode:  the worker decodes the rows (numcodecs LZ4, CRC checked) --> frames (B, T, C, H, W)
+    DALIGenericIterator --> flips on the training device (``torch.where``: no host sync) --> Batch
 
 Cast, per-channel scale, brightness and noise are elementwise and happen in the compiled training
 step (``batch.finish_states``), fused with the first read of the frames.
 
-Workers are forked; DALI requires that no CUDA context exists when they start, so the pipeline
-starts its workers at construction and falls back to ``spawn`` if CUDA is already initialised.
-Errors raised in a worker (e.g. a corrupt chunk) are re-raised by DALI in the main process.
+Workers are forked unless the CUDA driver is already initialised in this process (DALI's own test,
+``nvidia.dali.backend.IsDriverInitialized``: ``torch.cuda.is_available()`` initialises the driver
+without ``torch.cuda.is_initialized()`` saying so), in which case they are spawned. Errors raised in
+a worker (e.g. a corrupt chunk) are re-raised in the main process as one line.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from jepa_fast.data.batch import Batch, flip_actions_locations
+from jepa_fast.data.batch import Batch, flip_actions_locations, flip_on_device
 from jepa_fast.data.reader import SplitData
 from jepa_fast.data.sampler import Sampler
 from jepa_fast.errors import JepaFastError
 
-OUTPUTS = ["states", "actions", "locations", "indices", "brightness", "noise_std", "position"]
+log = logging.getLogger(__name__)
+OUTPUTS = ["states", "actions", "locations", "indices", "brightness", "noise_std", "flip_lr", "flip_ud", "position"]
+
+
+class ChunkTable:
+    """The in-RAM compressed store as a fixed-stride table, so a batch's chunks are one fancy-index gather.
+
+    ``rows[i]`` holds trajectory i's stored chunk (numcodecs' 4-byte size, the raw LZ4 block, and in
+    schema 2 the CRC32C), zero-padded to ``stride`` bytes; ``raw_len[i]`` is its raw LZ4 block's length.
+    Costs N x stride bytes (~1.5x the compressed store for simulated data).
+    """
+
+    def __init__(self, data: SplitData):
+        r = data.reader
+        if not r.in_ram:
+            raise JepaFastError(f"{data.path}: the DALI loader needs the compressed store in RAM")
+        nbytes = r.chunk_nbytes
+        if (nbytes == 0).any():
+            i = int(np.nonzero(nbytes == 0)[0][0])
+            raise JepaFastError(f"{data.path}: trajectory {i} is an all-zero (empty) chunk, which the DALI loader "
+                                "cannot decode; drop it from the split or use --loader torch")
+        self.stride = int(nbytes.max())
+        self.rows = np.zeros((r.n, self.stride), dtype=np.uint8)
+        blob, start = r.ram_blob(), r.chunk_global
+        for i in range(r.n):  # once per split, at start-up
+            self.rows[i, :nbytes[i]] = blob[start[i]:start[i] + nbytes[i]]
+        self.nbytes = nbytes.astype(np.int64)
+        self.raw_len = self.nbytes - (8 if r.codec.checksum else 4)  # minus size header (and CRC32C)
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        """(B * stride,) uint8: the rows of ``indices``, one vectorised copy."""
+        return self.rows[indices].reshape(-1)
 
 
 class _BatchSource:
-    """The external_source callback: stateless in the DALI sense (a pure function of BatchInfo).
+    """The external_source callback: stateless in the DALI sense (a pure function of BatchInfo)."""
 
-    The sampler maps DALI's (epoch_idx, iteration) to a plan (``Sampler.plan_at``); the plan's
-    (epoch, step) travels with the batch as a CPU output, so the main process hands batches out
-    through ``Sampler.consume`` without re-deriving any position.
-    """
-
-    def __init__(self, data: SplitData, sampler: Sampler, start: tuple[int, int], gpu: bool):
-        if not data.reader.in_ram:
-            raise JepaFastError(f"{data.path}: the DALI loader needs the compressed store in RAM")
+    def __init__(self, data: SplitData, table: ChunkTable, sampler: Sampler, start: tuple[int, int], gpu: bool):
         if gpu and data.reader.codec.name != "lz4":
             raise JepaFastError(f"{data.path}: GPU decode needs an lz4 store; re-pack with --codec lz4")
-        self.reader, self.frame_shape, self.size = data.reader, data.frame_shape, data.W
+        self.reader, self.table, self.frame_shape, self.size = data.reader, table, data.frame_shape, data.W
         self.actions, self.locations = data.actions, data.locations
         self.sampler, self.start, self.gpu = sampler, start, gpu
 
@@ -52,28 +84,31 @@ class _BatchSource:
         plan = self.sampler.plan_at(self.start, info.epoch_idx, info.iteration)
         if plan is None:
             raise StopIteration
-        B = len(plan.indices)
+        return [[x] for x in self.feed(plan)]  # one sample per batch
+
+    def feed(self, plan) -> tuple:
+        """Everything the pipeline needs for one plan, before any host->device copy (what bench_loader times
+        as the GPU feed): vectorised over the batch, no per-trajectory Python in GPU mode."""
+        idx = plan.indices
+        B = len(idx)
         if self.gpu:
-            frames = [self._raw_block(int(i)) for i in plan.indices]
+            stride = self.table.stride
+            frames = self.table.gather(idx)  # (B * stride,) compressed rows
+            offsets = (np.arange(B, dtype=np.int64) * stride + 4).astype(np.int64)  # skip numcodecs' size header
+            sizes = self.table.raw_len[idx]
+            extra = (offsets, sizes)
         else:
             frames = np.empty((B,) + self.frame_shape, dtype=np.uint8)
-            for j, i in enumerate(plan.indices):
+            for j, i in enumerate(idx):  # CPU mode: decoding is per trajectory anyway
                 self.reader.decode(int(i), frames[j])
-        loc = None if self.locations is None else self.locations[plan.indices]
-        actions, loc = flip_actions_locations(self.actions[plan.indices], loc, plan.flip_lr, plan.flip_ud,
-                                              self.size)
+            extra = ()
+        loc = None if self.locations is None else self.locations[idx]
+        actions, loc = flip_actions_locations(self.actions[idx], loc, plan.flip_lr, plan.flip_ud, self.size)
         if loc is None:
             loc = np.zeros((B, self.frame_shape[0], 2), np.float32)
-        position = np.broadcast_to(np.array([plan.epoch, plan.step], np.int64), (B, 2))
-        return (frames, plan.flip_lr.astype(np.int32), plan.flip_ud.astype(np.int32), actions, loc,
-                plan.indices.astype(np.int64), plan.brightness, plan.noise_std, position)
-
-    def _raw_block(self, i: int) -> np.ndarray:
-        block = self.reader.raw_block(i)
-        if block is None:
-            raise JepaFastError(f"{self.reader.path}: trajectory {i} is an all-zero (empty) chunk, which GPU "
-                                "inflate cannot decode; drop it from the split or use --loader torch")
-        return np.frombuffer(block, dtype=np.uint8)
+        position = np.array([plan.epoch, plan.step], np.int64)
+        return (frames, actions, loc, idx.astype(np.int64), plan.brightness, plan.noise_std,
+                plan.flip_lr.astype(np.uint8), plan.flip_ud.astype(np.uint8), position, *extra)
 
 
 def _worker_error(e: Exception) -> Exception:
@@ -85,21 +120,40 @@ def _worker_error(e: Exception) -> Exception:
     return e
 
 
+def cuda_driver_initialized() -> bool:
+    """DALI's own test of whether forking workers is still allowed in this process."""
+    from nvidia.dali import backend
+
+    return bool(backend.IsDriverInitialized())
+
+
+def worker_start_method(gpu: bool) -> str:
+    """'fork' unless this process already initialised the CUDA driver (DALI then refuses to fork): 'spawn'.
+    The trainer builds its loader before anything touches CUDA, so a training run forks."""
+    if gpu and cuda_driver_initialized():
+        log.info("CUDA is already initialised in this process: DALI workers are spawned, not forked")
+        return "spawn"
+    return "fork"
+
+
 class DaliLoader:
     """DALI-backed loader with the same sampler, plans and Batch contract as the torch loader."""
 
     name = "dali"
 
     def __init__(self, data: SplitData, sampler: Sampler, device: torch.device, workers: int = 2,
-                 prefetch: int = 2, threads: int = 2):
+                 prefetch: int = 2, threads: int = 2, start_method: str | None = None):
         self.data, self.sampler, self.device = data, sampler, torch.device(device)
+        self.start_method = start_method or worker_start_method(self.device.type == "cuda")
         self.workers, self.prefetch, self.threads = workers, prefetch, threads
         self.gpu = self.device.type == "cuda"
         self.mode = "dali-gpu" if self.gpu else "dali-cpu"
+        self.table = ChunkTable(data) if self.gpu else None
         self._has_locations = data.locations is not None
+        self._scale: torch.Tensor | None = None  # the store's scale on the training device, copied once
         self._it = None
         self._expected: tuple[int, int] | None = None  # sampler position the running pipeline continues from
-        # start now: on a GPU machine the workers must fork before anything creates a CUDA context
+        # start now: on a GPU machine the workers should fork before anything creates a CUDA context
         self._build()
 
     def _build(self) -> None:
@@ -108,24 +162,24 @@ class DaliLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         s, gpu = self.sampler, self.gpu
-        source = _BatchSource(self.data, s, s.position, gpu)
+        source = _BatchSource(self.data, self.table, s, s.position, gpu)
         T, C, H, W = self.data.frame_shape
-        start = "spawn" if (gpu and torch.cuda.is_initialized()) else "fork"
+        start = self.start_method
 
-        @pipeline_def(batch_size=s.batch_size, num_threads=self.threads,
-                      device_id=(self.device.index or 0) if gpu else None, py_num_workers=self.workers,
-                      py_start_method=start, prefetch_queue_depth=self.prefetch, seed=s.seed)
+        @pipeline_def(batch_size=1, num_threads=self.threads, device_id=(self.device.index or 0) if gpu else None,
+                      py_num_workers=self.workers, py_start_method=start, prefetch_queue_depth=self.prefetch,
+                      seed=s.seed)
         def pipe():
-            frames, lr, ud, actions, locations, indices, bright, noise, position = fn.external_source(
-                source=source, num_outputs=9, batch=True, parallel=True, batch_info=True,
-                layout=["FCHW" if not gpu else "", "", "", "", "", "", "", "", ""])
+            outs = fn.external_source(source=source, num_outputs=len(OUTPUTS) + (2 if gpu else 0), batch=True,
+                                      parallel=True, batch_info=True)
+            frames, actions, locations, indices, bright, noise, lr, ud, position = outs[:9]
             if gpu:
-                frames = fn.decoders.inflate(frames.gpu(), shape=[T, C, H, W], dtype=types.UINT8, layout="FCHW")
-            frames = fn.flip(frames, horizontal=lr, vertical=ud)
-            if gpu:
+                offsets, sizes = outs[9:]
+                frames = fn.decoders.inflate(frames.gpu(), shape=[T, C, H, W], dtype=types.UINT8,
+                                             chunk_offsets=offsets, chunk_sizes=sizes)  # (B, T, C, H, W)
                 actions, locations, indices = actions.gpu(), locations.gpu(), indices.gpu()
-                bright, noise = bright.gpu(), noise.gpu()
-            return frames, actions, locations, indices, bright, noise, position  # position stays on the CPU
+                bright, noise, lr, ud = bright.gpu(), noise.gpu(), lr.gpu(), ud.gpu()
+            return frames, actions, locations, indices, bright, noise, lr, ud, position  # position stays on the CPU
 
         self._it = None  # release the old pipeline (and its workers) first
         self._pipe = pipe()
@@ -155,9 +209,12 @@ class DaliLoader:
                 return
             except Exception as e:  # a worker's error arrives as a traceback string: keep its one line
                 raise _worker_error(e) from None
-            o = out[0]
-            epoch, step = o["position"][0].tolist()  # a CPU output: no device sync
-            yield (epoch, step), Batch(states=o["states"], actions=o["actions"],
+            o = {k: v[0] for k, v in out[0].items()}  # the one sample = the whole batch
+            epoch, step = o["position"].tolist()  # a CPU output: no device sync
+            states = flip_on_device(o["states"], o["flip_lr"], o["flip_ud"])
+            if self._scale is None:
+                self._scale = self.data.scale.to(states.device)
+            yield (epoch, step), Batch(states=states, actions=o["actions"],
                                        locations=o["locations"] if self._has_locations else None,
                                        indices=o["indices"], brightness=o["brightness"], noise_std=o["noise_std"],
-                                       scale=self.data.scale.to(o["states"].device))
+                                       scale=self._scale)

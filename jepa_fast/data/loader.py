@@ -25,23 +25,28 @@ import numpy as np
 import torch
 
 from jepa_fast.config import DataConfig
-from jepa_fast.data.batch import Batch, flipped
+from jepa_fast.data.batch import Batch, flip_on_device, flipped
 from jepa_fast.data.reader import SplitData
 from jepa_fast.data.sampler import Plan, Sampler
 from jepa_fast.errors import JepaFastError
-from jepa_fast.hardware import resolve_workers
+from jepa_fast.hardware import dali_extra, resolve_workers
 
 log = logging.getLogger(__name__)
 
 
 def make_batch(plan: Plan, states: torch.Tensor, actions: np.ndarray, locations: np.ndarray | None,
-               scale: torch.Tensor, device: torch.device, non_blocking: bool = False) -> Batch:
+               scale: torch.Tensor, device: torch.device) -> Batch:
+    """The Batch of a plan; on CUDA the small arrays go through pinned memory with non-blocking copies
+    (a pageable copy would block the host until the device has caught up). ``scale`` is already on device."""
+    cuda = device.type == "cuda"
+
     def put(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=non_blocking)
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.pin_memory().to(device, non_blocking=True) if cuda else t
 
     return Batch(states=states, actions=put(actions), locations=None if locations is None else put(locations),
                  indices=put(plan.indices.astype(np.int64)), brightness=put(plan.brightness),
-                 noise_std=put(plan.noise_std), scale=scale.to(device))
+                 noise_std=put(plan.noise_std), scale=scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +123,7 @@ class TorchLoader:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="jepa-decode")
         weakref.finalize(self, self._pool.shutdown, wait=False)
         self.resident = self._choose_resident(resident)
+        self.scale = data.scale.to(self.device)  # once, not per batch
         self.frames: torch.Tensor | None = None
         if self.resident == "device":
             self.frames = self._decode_all()
@@ -154,10 +160,14 @@ class TorchLoader:
         if not hasattr(self, "_ring"):
             shape = (self.sampler.batch_size,) + self.data.frame_shape
             self._ring = [torch.empty(shape, dtype=torch.uint8, pin_memory=pin) for _ in range(self.prefetch + 3)]
+            self._ring_events = [torch.cuda.Event() if pin else None for _ in self._ring]
             self._ring_pos = 0
-        buf = self._ring[self._ring_pos]
-        self._ring_pos = (self._ring_pos + 1) % len(self._ring)
-        return buf[:m]
+        slot = self._ring_pos
+        self._ring_pos = (slot + 1) % len(self._ring)
+        if self._ring_events[slot] is not None:
+            self._ring_events[slot].synchronize()  # its last host->device copy has finished (no-op if never used)
+        self._last_slot = slot
+        return self._ring[slot][:m]
 
     def _produce(self, plan: Plan) -> Batch:
         d = self.data
@@ -167,22 +177,17 @@ class TorchLoader:
             out = self._host_buffer(len(plan.indices), False)
             if not (plan.flip_lr.any() or plan.flip_ud.any()):
                 torch.index_select(self.frames, 0, torch.from_numpy(plan.indices), out=out)
-                return make_batch(plan, out, actions, locations, d.scale, self.device)
+                return make_batch(plan, out, actions, locations, self.scale, self.device)
             src, dst = self.frames.numpy(), out.numpy()
             parts = np.array_split(np.arange(len(plan.indices)), self.workers)
             list(self._pool.map(lambda p: _gather(src, plan.indices[p], dst[p[0]:p[-1] + 1], plan.flip_lr[p],
                                                   plan.flip_ud[p]) if len(p) else None, parts))
-            return make_batch(plan, out, actions, locations, d.scale, self.device)
-        if self.frames is not None:
-            idx = torch.from_numpy(plan.indices).to(self.device)
-            states = self.frames.index_select(0, idx)  # (B, T, C, H, W) uint8
-            lr = torch.from_numpy(plan.flip_lr).to(self.device)
-            ud = torch.from_numpy(plan.flip_ud).to(self.device)
-            if plan.flip_lr.any():
-                states[lr] = states[lr].flip(-1)
-            if plan.flip_ud.any():
-                states[ud] = states[ud].flip(-2)
-            return make_batch(plan, states, actions, locations, d.scale, self.device)
+            return make_batch(plan, out, actions, locations, self.scale, self.device)
+        if self.frames is not None:  # resident on the GPU: gather and flip there, with no host sync
+            pinned = torch.from_numpy(np.stack([plan.indices, plan.flip_lr, plan.flip_ud])).pin_memory()
+            plan_dev = pinned.to(self.device, non_blocking=True)  # (3, B): indices, flip_lr, flip_ud
+            states = flip_on_device(self.frames.index_select(0, plan_dev[0]), plan_dev[1], plan_dev[2])
+            return make_batch(plan, states, actions, locations, self.scale, self.device)
         pin = self.device.type == "cuda"
         host = self._host_buffer(len(plan.indices), pin)
         out = host.numpy()
@@ -190,7 +195,9 @@ class TorchLoader:
         list(self._pool.map(lambda p: d.decode_into(plan.indices[p], out[p[0]:p[-1] + 1], plan.flip_lr[p],
                                                     plan.flip_ud[p]) if len(p) else None, parts))
         states = host.to(self.device, non_blocking=pin)
-        return make_batch(plan, states, actions, locations, d.scale, self.device, non_blocking=pin)
+        if pin:  # the pinned buffer may be reused only once this copy has run
+            self._ring_events[self._last_slot].record()
+        return make_batch(plan, states, actions, locations, self.scale, self.device)
 
     def __iter__(self) -> Iterator[Batch]:
         """The rest of the epoch from the sampler's position (the sampler advances as batches are handed out)."""
@@ -242,8 +249,10 @@ def build_loader(store: Path | SplitData, cfg: DataConfig, device: torch.device,
     else:
         why = "requested"
         if choice == "dali" and not dali_importable():
-            raise JepaFastError("data.loader='dali' but nvidia-dali is not importable here; install "
-                                "nvidia-dali-cuda120 or use --loader torch")
+            extra, wheel = dali_extra()
+            raise JepaFastError(f"data.loader='dali' but nvidia-dali is not importable here; install {wheel} (pip "
+                                f"install 'jepa-fast[{extra}]', matching this torch's CUDA "
+                                f"{torch.version.cuda or '(none: a CPU build)'}) or use --loader torch")
     if choice == "dali":
         from jepa_fast.data.dali import DaliLoader
 

@@ -160,6 +160,16 @@ class StoreReader:
             self.shard_size[s] = size
         self.chunk_global = None
 
+    def __getstate__(self) -> dict:
+        """Picklable (DALI's spawned workers): the zarr group is dropped; the small arrays are read before."""
+        return {**self.__dict__, "_group": None}
+
+    def ram_blob(self) -> np.ndarray:
+        """The in-RAM compressed store (``load_to_ram``): chunk i is ``[chunk_global[i], + chunk_nbytes[i])``."""
+        if self._blob is None:
+            raise JepaFastError(f"{self.path}: the store is not loaded in RAM (StoreReader.load_to_ram)")
+        return self._blob
+
     @property
     def in_ram(self) -> bool:
         """Whether ``load_to_ram`` has run (chunks are then served from one buffer, with no file reads)."""

@@ -25,11 +25,20 @@ the GEMMs are 0.29 GFLOP each (~0.5 us of H100 tensor-core time); the whole op m
 off-diagonal mask and their gradients in fp32 (~40 MB of traffic); that launch count and traffic,
 not FLOPs, is what fusion removes.
 
-# %% Tuning
-Block sizes below are heuristics (BLOCK_D = 32 or 64 by D, BLOCK_N = 64). They have NOT been tuned
-on an H100: no GPU was available to this project when they were written; ``bench/bench_vicreg.py``
-is the harness to tune them with. fp32 inputs use ``input_precision="ieee"`` in ``tl.dot`` so that
-results match the fp32 reference (TF32 would cost ~1e-3 relative error; the GEMMs are tiny anyway).
+# %% Grid and blocks, from the model above (Hopper: 132 SMs on an H100 SXM, 4 warps a program)
+The work is small and latency-bound, so the grid must fill the machine rather than minimise traffic:
+* stats: one program per (g, t, D-block): G x T x D/BD = 2 x 17 x 2 = 68 programs at the headline shape,
+  each streaming B = 512 rows twice (the two-pass variance is exact in fp32);
+* gram: without splitting, G x (D/BD)^2 = 32 programs (BD = 32) would each walk all 8,704 rows with ~100
+  SMs idle. ``gram_config`` splits the rows so that tiles x splits >= 4 x SMs while every program keeps
+  >= 4 row blocks of 64: at the headline shape 8 tiles (BD = 64) x 34 splits = 272 programs of 256 rows;
+  the (G, splits, D, D) fp32 partials (8.9 MB) are summed by one torch reduction;
+* backward: one program per (g, 64-row block, D-block): 2 x 136 x 2 = 544 programs, each an
+  (64 x D) @ (D x BD) product plus the hinge term.
+bf16 inputs are centred in fp32 and fed to ``tl.dot`` as bf16 on a GPU (tensor cores, fp32 accumulation); fp32
+inputs use ``input_precision="ieee"`` so results match the fp32 reference (TF32 would cost ~1e-3).
+These sizes follow the model; they have NOT been timed on an H100 (no GPU was lent to this project
+yet): ``bench/bench_vicreg.py`` and ``bench/gpu_check.sh`` measure them.
 
 Run on CPU with ``TRITON_INTERPRET=1`` set before this module is imported (tests do it in conftest).
 """
@@ -101,18 +110,25 @@ if HAVE_TRITON:
         return tl.where(mask, x - tl.load(mg + t[:, None] * D + cols[None, :], mask=mask, other=0.0), 0.0)
 
     @triton.jit
-    def _gram_kernel(z_ptr, mean_ptr, c_ptr, offsq_ptr, N, T, D, n_db, inv_nm1,
-                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
-        """Per (g, i-block, j-block): C tile = Zc[:, i]^T Zc[:, j] / (N - 1) and its off-diagonal sum of squares."""
+    def _gram_kernel(z_ptr, mean_ptr, cpart_ptr, N, T, D, n_db, rows_per_split, n_split,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, LOW_DOT: tl.constexpr):
+        """Per (g, (i-block, j-block), row split s): the partial Gram tile Zc[rows_s, i]^T Zc[rows_s, j].
+
+        Split over rows so that D=128 launches enough programs to fill the SMs (see the work model);
+        the partials are summed afterwards. bf16 inputs go to tl.dot as bf16 (tensor cores, fp32 accumulator)
+        after centring in fp32; fp32 inputs use IEEE fp32 dots.
+        """
         g = tl.program_id(0)
-        bi = tl.program_id(1)
-        bj = tl.program_id(2)
+        bi = tl.program_id(1) // n_db
+        bj = tl.program_id(1) % n_db
+        s = tl.program_id(2)
         offs_i = bi * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_j = bj * BLOCK_D + tl.arange(0, BLOCK_D)
         zg = z_ptr + g * N * D
         mg = mean_ptr + g * T * D
         acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
-        for n0 in range(0, N, BLOCK_N):
+        lo = s * rows_per_split
+        for n0 in range(lo, lo + rows_per_split, BLOCK_N):
             rows = n0 + tl.arange(0, BLOCK_N)
             rmask = rows < N
             t = rows % T
@@ -122,18 +138,17 @@ if HAVE_TRITON:
             b = _load_centered(zg, mg, rows, t, offs_j, mj, D)
             if IEEE:
                 acc += tl.dot(tl.trans(a), b, input_precision="ieee")
+            elif LOW_DOT:
+                acc += tl.dot(tl.trans(a.to(z_ptr.dtype.element_ty)), b.to(z_ptr.dtype.element_ty))
             else:
                 acc += tl.dot(tl.trans(a), b)
-        c = acc * inv_nm1
         cmask = (offs_i[:, None] < D) & (offs_j[None, :] < D)
-        tl.store(c_ptr + g * D * D + offs_i[:, None] * D + offs_j[None, :], c, mask=cmask)
-        off = cmask & (offs_i[:, None] != offs_j[None, :])
-        sq = tl.where(off, c * c, 0.0)
-        tl.store(offsq_ptr + (g * n_db + bi) * n_db + bj, tl.sum(tl.sum(sq, axis=1), axis=0))
+        tl.store(cpart_ptr + ((g * n_split + s) * D + offs_i[:, None]) * D + offs_j[None, :], acc, mask=cmask)
 
     @triton.jit
     def _backward_kernel(z_ptr, mean_ptr, std_ptr, c_ptr, gvar_ptr, gcov_ptr, dz_ptr, B, N, T, D, gamma,
-                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+                         LOW_DOT: tl.constexpr):
         """Per (g, row-block, col-block): dZ = k_cov * Zc @ C_off + k_var(t, d) * Zc."""
         g = tl.program_id(0)
         bn = tl.program_id(1)
@@ -156,6 +171,8 @@ if HAVE_TRITON:
             c = tl.where(ks[:, None] == cols[None, :], 0.0, c)  # C_off: zero diagonal
             if IEEE:
                 acc += tl.dot(a, c, input_precision="ieee")
+            elif LOW_DOT:
+                acc += tl.dot(a.to(z_ptr.dtype.element_ty), c.to(z_ptr.dtype.element_ty))
             else:
                 acc += tl.dot(a, c)
         m = rmask[:, None] & cmask[None, :]
@@ -170,7 +187,35 @@ if HAVE_TRITON:
 
 
 def _block_d(D: int) -> int:
-    return 32 if D <= 128 else 64
+    """Column tile: 64 from D = 128 up (a 64 x 64 bf16 tile is one tensor-core-sized MMA fragment per warp
+    group), 32 below (less padding on small or odd D)."""
+    return 64 if D >= 128 else 32
+
+
+def _low_dot(z: torch.Tensor) -> bool:
+    """Feed tl.dot bf16/fp16 tiles (tensor cores) for 16-bit inputs on a GPU. Not in Triton's CPU interpreter,
+    whose tl.dot computes wrong results for bf16 operands (Triton 3.9: errors of 1e10 on a 16x16 product),
+    so there the centred fp32 tiles go in; the GPU path is checked by tests/test_gpu.py on hardware."""
+    return z.dtype != torch.float32 and z.device.type == "cuda"
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1  # the interpreter: no parallel hardware to fill
+
+
+def gram_config(G: int, N: int, D: int, sms: int, block_n: int = 64) -> tuple[int, int, int]:
+    """(BLOCK_D, row splits, rows per split) for the Gram kernel: enough programs to fill ``sms`` four times
+    over (G x (D/BLOCK_D)^2 tiles x splits >= 4 x SMs), each still looping over >= 4 row blocks so the
+    partial sums stay few. N=8704, D=128, G=2 on 132 SMs: 8 tiles x 34 splits of 256 rows = 272 programs
+    (the 4-block minimum caps the splits; before: 32 programs for 132 SMs)."""
+    bd = _block_d(D)
+    tiles = G * triton.cdiv(D, bd) ** 2
+    blocks = triton.cdiv(N, block_n)
+    splits = max(1, min(triton.cdiv(4 * sms, tiles), blocks // 4 or 1))
+    per = triton.cdiv(blocks, splits) * block_n
+    return bd, triton.cdiv(N, per), per
 
 
 def _check(z: torch.Tensor) -> None:
@@ -192,12 +237,14 @@ def forward_triton(z: torch.Tensor, gamma: float, eps: float):
     std = torch.empty((G, T, D), **f32)
     hinge = torch.empty((G, T, n_db), **f32)
     _stats_kernel[(G, T, n_db)](z, mean, std, hinge, B, T, D, n_db, gamma, eps, BLOCK_B=32, BLOCK_D=BD)
-    cmat = torch.empty((G, D, D), **f32)
-    offsq = torch.empty((G, n_db, n_db), **f32)
-    _gram_kernel[(G, n_db, n_db)](z, mean, cmat, offsq, N, T, D, n_db, 1.0 / (N - 1), BLOCK_N=64, BLOCK_D=BD,
-                                  IEEE=z.dtype == torch.float32)
+    _, n_split, per = gram_config(G, N, D, _sm_count(z.device))
+    cpart = torch.empty((G, n_split, D, D), **f32)
+    _gram_kernel[(G, n_db * n_db, n_split)](z, mean, cpart, N, T, D, n_db, per, n_split, BLOCK_N=64, BLOCK_D=BD,
+                                            IEEE=z.dtype == torch.float32, LOW_DOT=_low_dot(z))
+    cmat = cpart.sum(dim=1) / (N - 1)  # (G, D, D)
     var_loss = hinge.sum(dim=(1, 2)) / (T * D)
-    cov_loss = offsq.sum(dim=(1, 2)) / D
+    sq = cmat.pow(2)
+    cov_loss = (sq.sum(dim=(1, 2)) - torch.diagonal(sq, dim1=1, dim2=2).sum(-1)) / D
     return var_loss, cov_loss, mean, std, cmat
 
 
@@ -209,7 +256,8 @@ def backward_triton(z, mean, std, cmat, g_var, g_cov, gamma: float) -> torch.Ten
     dz = torch.empty_like(z)
     grid = (G, triton.cdiv(N, 64), triton.cdiv(D, BD))
     _backward_kernel[grid](z, mean, std, cmat, g_var.float().contiguous(), g_cov.float().contiguous(), dz, B, N, T,
-                           D, gamma, BLOCK_N=64, BLOCK_D=BD, BLOCK_K=32, IEEE=z.dtype == torch.float32)
+                           D, gamma, BLOCK_N=64, BLOCK_D=BD, BLOCK_K=32, IEEE=z.dtype == torch.float32,
+                           LOW_DOT=_low_dot(z))
     return dz
 
 
