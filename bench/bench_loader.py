@@ -7,8 +7,8 @@
     .to(device)`` (same for actions), ``DataLoader(batch_size=512, shuffle=True, drop_last=True)``.
     Measured with the page cache hot (best case) and cold (dropped before each epoch: the real 85 GB
     never fits in RAM); delivers float32.
-(b) DALI (CPU mode here, GPU mode on a GPU), without and with augmentation (flips; frames flipped
-    in the pipeline, actions/locations to match).
+(b) DALI (CPU mode here, GPU mode on a GPU), without and with augmentation (flips, applied to the
+    frames on the device after the pipeline; actions/locations flipped to match in the feed).
 (c) the torch fallback: host mode (decode per batch) and device-resident mode (decoded split held
     on the device, gathered per batch), without and with augmentation.
 Our loaders deliver uint8 frames (B, T, C, H, W) on the device: the cast, per-channel scale,
@@ -122,7 +122,9 @@ def main() -> None:
         configs += [("torch", "host", "none"), ("torch", "host", "flips"),
                     ("torch", "device", "none"), ("torch", "device", "flips")]
         for kind, resident, aug in configs:
-            cfg = DataConfig(loader=kind, resident=resident, batch_size=args.batch, augment=AUGMENT_PRESETS[aug])
+            # two workers, as before: the loader alone, not competing with a training step for the cores
+            cfg = DataConfig(loader=kind, resident=resident, batch_size=args.batch, augment=AUGMENT_PRESETS[aug],
+                             workers=2)
             loader = build_loader(data, cfg, device)
 
             def our_epoch(loader=loader):

@@ -11,8 +11,9 @@ trajectories in Python:
     GPU mode:  rows (B x stride bytes) --.gpu()--> fn.decoders.inflate (nvCOMP LZ4) with
                chunk_offsets = i x stride + 4 and chunk_sizes = each raw block's length
                --> frames (B, T, C, H, W) uint8 on the GPU
-    CPU mode:  the worker decodes the rows (numcodecs LZ4, CRC checked) --> frames (B, T, C, H, W)
-    DALIGenericIterator --> flips on the training device (``torch.where``: no host sync) --> Batch
+    CPU mode:  the worker decodes each trajectory (numcodecs LZ4, CRC checked), flipped as it is copied
+               out --> frames (B, T, C, H, W)
+    DALIGenericIterator --> (GPU mode) flips on the device (``torch.where``: no host sync) --> Batch
 
 Cast, per-channel scale, brightness and noise are elementwise and happen in the compiled training
 step (``batch.finish_states``), fused with the first read of the frames.
@@ -76,7 +77,7 @@ class _BatchSource:
     def __init__(self, data: SplitData, table: ChunkTable, sampler: Sampler, start: tuple[int, int], gpu: bool):
         if gpu and data.reader.codec.name != "lz4":
             raise JepaFastError(f"{data.path}: GPU decode needs an lz4 store; re-pack with --codec lz4")
-        self.reader, self.table, self.frame_shape, self.size = data.reader, table, data.frame_shape, data.W
+        self.data, self.table, self.frame_shape, self.size = data, table, data.frame_shape, data.W
         self.actions, self.locations = data.actions, data.locations
         self.sampler, self.start, self.gpu = sampler, start, gpu
 
@@ -97,10 +98,9 @@ class _BatchSource:
             offsets = (np.arange(B, dtype=np.int64) * stride + 4).astype(np.int64)  # skip numcodecs' size header
             sizes = self.table.raw_len[idx]
             extra = (offsets, sizes)
-        else:
+        else:  # CPU mode: decoding is per trajectory anyway, and flipping while copying out costs nothing more
             frames = np.empty((B,) + self.frame_shape, dtype=np.uint8)
-            for j, i in enumerate(idx):  # CPU mode: decoding is per trajectory anyway
-                self.reader.decode(int(i), frames[j])
+            self.data.decode_into(idx, frames, plan.flip_lr, plan.flip_ud)
             extra = ()
         loc = None if self.locations is None else self.locations[idx]
         actions, loc = flip_actions_locations(self.actions[idx], loc, plan.flip_lr, plan.flip_ud, self.size)
@@ -211,7 +211,8 @@ class DaliLoader:
                 raise _worker_error(e) from None
             o = {k: v[0] for k, v in out[0].items()}  # the one sample = the whole batch
             epoch, step = o["position"].tolist()  # a CPU output: no device sync
-            states = flip_on_device(o["states"], o["flip_lr"], o["flip_ud"])
+            # GPU mode flips on the device (no host sync); the CPU mode's workers flipped while decoding
+            states = flip_on_device(o["states"], o["flip_lr"], o["flip_ud"]) if self.gpu else o["states"]
             if self._scale is None:
                 self._scale = self.data.scale.to(states.device)
             yield (epoch, step), Batch(states=states, actions=o["actions"],
