@@ -292,6 +292,7 @@ def test_the_gpu_feed_hands_inflate_exactly_the_raw_lz4_blocks(data):
     rows, actions, loc, idx, bright, noise, lr, ud, position, offsets, sizes = _BatchSource(
         data, table, sampler, (0, 0), gpu=True).feed(plan)
     assert rows.dtype == np.uint8 and rows.shape == (32 * table.stride,)
+    assert offsets.dtype == sizes.dtype == np.int32  # what fn.decoders.inflate's schema takes
     assert position.tolist() == [0, 1] and np.array_equal(idx, plan.indices)
     T_, C, H, W = data.frame_shape
     for j, i in enumerate(plan.indices):  # what fn.decoders.inflate will do with (offsets, sizes) on the GPU

@@ -95,8 +95,9 @@ class _BatchSource:
         if self.gpu:
             stride = self.table.stride
             frames = self.table.gather(idx)  # (B * stride,) compressed rows
-            offsets = (np.arange(B, dtype=np.int64) * stride + 4).astype(np.int64)  # skip numcodecs' size header
-            sizes = self.table.raw_len[idx]
+            # inflate's chunk_offsets / chunk_sizes are int32 tensor arguments (DALI's schema)
+            offsets = (np.arange(B, dtype=np.int64) * stride + 4).astype(np.int32)  # skip numcodecs' size header
+            sizes = self.table.raw_len[idx].astype(np.int32)
             extra = (offsets, sizes)
         else:  # CPU mode: decoding is per trajectory anyway, and flipping while copying out costs nothing more
             frames = np.empty((B,) + self.frame_shape, dtype=np.uint8)
