@@ -1,7 +1,7 @@
 """The README's main command: simulate -> pack -> train -> probe on the small preset.
 
 Each stage writes atomically, so a finished stage found in ``out`` is reused on a re-run
-(``--fresh`` redoes everything). Expected: about 2 minutes on 2 CPU cores (95 s on a 2-core AMD EPYC with
+(``--fresh`` redoes everything). Expected: about 2 minutes on 2 CPU cores (95-101 s on a 2-core AMD EPYC with
 native bf16, 117 s with AVX2-only kernels, which train in fp32), far less on a GPU.
 """
 
