@@ -123,10 +123,6 @@ class ChunkCodec:
             raise ChunkChecksumError("CRC32C mismatch")
         return body
 
-    def decode_into(self, chunk, out: np.ndarray) -> None:
-        """Check and decompress stored chunk bytes into ``out`` (contiguous uint8)."""
-        self.decompress_into(self.payload(chunk), out)
-
     def decompress_into(self, payload, out: np.ndarray) -> None:
         """Decompress a chunk's payload (its CRC already checked or stripped) into ``out``."""
         self._codec.decode(payload, out=out)
