@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from jepa_fast.data.batch import Batch, flip_actions_locations, flip_on_device
+from jepa_fast.data.batch import Batch, flip_on_device
 from jepa_fast.data.reader import SplitData
 from jepa_fast.data.sampler import Sampler
 from jepa_fast.errors import JepaFastError
@@ -63,8 +63,8 @@ class ChunkTable:
         blob, start = r.ram_blob(), r.chunk_global
         for i in range(r.n):  # once per split, at start-up
             self.rows[i, :nbytes[i]] = blob[start[i]:start[i] + nbytes[i]]
-        self.nbytes = nbytes.astype(np.int64)
-        self.raw_len = self.nbytes - (8 if r.codec.checksum else 4)  # minus size header (and CRC32C)
+        self.raw_start = r.codec.RAW_BLOCK_START
+        self.raw_len = r.codec.raw_block_len(nbytes.astype(np.int64))
 
     def gather(self, indices: np.ndarray) -> np.ndarray:
         """(B * stride,) uint8: the rows of ``indices``, one vectorised copy."""
@@ -77,8 +77,7 @@ class _BatchSource:
     def __init__(self, data: SplitData, table: ChunkTable, sampler: Sampler, start: tuple[int, int], gpu: bool):
         if gpu and data.reader.codec.name != "lz4":
             raise JepaFastError(f"{data.path}: GPU decode needs an lz4 store; re-pack with --codec lz4")
-        self.data, self.table, self.frame_shape, self.size = data, table, data.frame_shape, data.W
-        self.actions, self.locations = data.actions, data.locations
+        self.data, self.table, self.frame_shape = data, table, data.frame_shape
         self.sampler, self.start, self.gpu = sampler, start, gpu
 
     def __call__(self, info):
@@ -96,15 +95,14 @@ class _BatchSource:
             stride = self.table.stride
             frames = self.table.gather(idx)  # (B * stride,) compressed rows
             # inflate's chunk_offsets / chunk_sizes are int32 tensor arguments (DALI's schema)
-            offsets = (np.arange(B, dtype=np.int64) * stride + 4).astype(np.int32)  # skip numcodecs' size header
+            offsets = (np.arange(B, dtype=np.int64) * stride + self.table.raw_start).astype(np.int32)
             sizes = self.table.raw_len[idx].astype(np.int32)
             extra = (offsets, sizes)
         else:  # CPU mode: decoding is per trajectory anyway, and flipping while copying out costs nothing more
             frames = np.empty((B,) + self.frame_shape, dtype=np.uint8)
             self.data.decode_into(idx, frames, plan.flip_lr, plan.flip_ud)
             extra = ()
-        loc = None if self.locations is None else self.locations[idx]
-        actions, loc = flip_actions_locations(self.actions[idx], loc, plan.flip_lr, plan.flip_ud, self.size)
+        actions, loc = self.data.small_arrays(plan)
         if loc is None:
             loc = np.zeros((B, self.frame_shape[0], 2), np.float32)
         position = np.array([plan.epoch, plan.step], np.int64)

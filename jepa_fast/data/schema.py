@@ -127,10 +127,18 @@ class ChunkCodec:
         """Decompress a chunk's payload (its CRC already checked or stripped) into ``out``."""
         self._codec.decode(payload, out=out)
 
+    RAW_BLOCK_START = 4
+    """A stored lz4 chunk's raw LZ4 block starts after numcodecs' 4-byte size header."""
+
+    def raw_block_len(self, nbytes):
+        """Length of the raw LZ4 block in a stored chunk of ``nbytes`` (int or array): minus the size header
+        and, in schema 2, the trailing CRC32C."""
+        return nbytes - self.RAW_BLOCK_START - (4 if self.checksum else 0)
+
     def raw_block(self, chunk) -> memoryview:
         """The raw LZ4 block of a stored lz4 chunk (what DALI's inflate takes), without checking the CRC."""
         chunk = memoryview(chunk)
-        return chunk[4:-4] if self.checksum else chunk[4:]
+        return chunk[self.RAW_BLOCK_START:self.RAW_BLOCK_START + self.raw_block_len(len(chunk))]
 
     @staticmethod
     def from_metadata(codecs: list) -> ChunkCodec:
