@@ -157,12 +157,6 @@ def plot_losses(jsonl: Path, out: Path) -> None:
 # the loop's observability helpers
 
 
-def progress_bar(total: int, initial: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="train")
-
-
 def profiler(path: Path, cuda: bool):
     """A started torch.profiler that writes a Chrome trace of steps 3-6 to ``path``."""
     from torch.profiler import ProfilerActivity, schedule

@@ -1,4 +1,4 @@
-"""The one progress bar of long data jobs (generate, pack, verify): frames and frames/s."""
+"""The progress bars: frames and frames/s for the long data jobs (generate, pack, verify), steps for training."""
 
 from __future__ import annotations
 
@@ -8,3 +8,10 @@ def frame_bar(total: int, enabled: bool, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="frame", unit_scale=True, disable=not enabled, desc=desc, dynamic_ncols=True)
+
+
+def step_bar(total: int, initial: int):
+    """The training loop's steps/s bar (starting at ``initial`` on resume)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="train")

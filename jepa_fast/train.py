@@ -41,6 +41,7 @@ from jepa_fast.errors import JepaFastError
 from jepa_fast.loss import jepa_loss
 from jepa_fast.metrics import MetricLogger, NonFiniteLoss, plot_losses
 from jepa_fast.model import JEPA, count_parameters
+from jepa_fast.progress import step_bar
 
 log = logging.getLogger("jepa_fast.train")
 
@@ -205,7 +206,7 @@ def _train(run: RunConfig, data: Path, out: Path, resume: bool, stop_at_step: in
     if is_main:
         print(f"jepa-fast train | {n_params:,} params | {store} ({split.n:,} trajectories) | loader {loader.mode} | "
               f"{world} process(es) on {device.type} | {machine.header()} | {total} steps ({steps_per_epoch}/epoch)")
-    bar = metrics_mod.progress_bar(total, t.step) if is_main and progress else None
+    bar = step_bar(total, t.step) if is_main and progress else None
     prof = metrics_mod.profiler(profile, cuda) if profile is not None and is_main else None
     stop_reason, compile_s, t_start = "done", None, time.perf_counter()
     batches = _epochs(loader)

@@ -201,12 +201,12 @@ def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int,
     bar.update(state["done"] * T)
     scale = np.asarray(state["scale"])
     value_max = np.asarray(state["value_max"], dtype=np.float64)
-    lock = threading.Lock()
+    guard = threading.Lock()  # value_max and walls_static are updated from the worker threads
 
     def work(a: int, x: np.ndarray) -> None:
         mx = _check_block(source.path, x, a, scale)
         static = writer.write_block(a, x)
-        with lock:
+        with guard:
             np.maximum(value_max, mx, out=value_max)
             if not static:
                 state["walls_static"] = False
