@@ -89,13 +89,13 @@ class StoreReader:
         except (KeyError, IndexError, TypeError):
             raise JepaFastError(f"{self.path}: states is not sharded as this format writes it; re-pack") from None
         self.codec = ChunkCodec.from_metadata(inner)
-        self.k, self.scale = self._check_attrs(attrs, group, shard_rows)
+        self.k, self.scale = self._check_attrs(attrs, group, names, shard_rows)
         self.traj_bytes = self.T * self.C * self.H * self.W
         self._group = group
         self._parse_indices()
         self._blob: np.ndarray | None = None
 
-    def _check_attrs(self, attrs: dict, group, shard_rows: int) -> tuple[int, np.ndarray]:
+    def _check_attrs(self, attrs: dict, group, names: set[str], shard_rows: int) -> tuple[int, np.ndarray]:
         """The attrs must agree with the arrays: one line naming the field otherwise."""
         def bad(field: str, why: str) -> JepaFastError:
             return JepaFastError(f"{self.path}: attrs {field} {why}; the store's metadata is damaged, re-pack it")
@@ -111,7 +111,7 @@ class StoreReader:
             raise bad("scale", f"= {scale!r} is not {self.C} positive numbers")
         shapes = {"actions": (self.n, self.T - 1, 2), "locations": (self.n, self.T, 2)}
         for name, want in shapes.items():
-            if name in set(group.array_keys()) and tuple(group[name].shape) != want:
+            if name in names and tuple(group[name].shape) != want:
                 raise JepaFastError(f"{self.path}: {name} has shape {tuple(group[name].shape)}, expected {want} "
                                     "from states; re-pack the split")
         absent = attrs.get("absent_shards", [])
