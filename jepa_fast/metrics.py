@@ -79,7 +79,7 @@ class MetricLogger:
             raise NonFiniteLoss(f"loss became NaN/Inf between steps {step - self._n + 1} and {step}")
         rec = {"step": step, **values, "lr": lr}
         if self._n_timed:  # no throughput for a window that holds only a compiling step
-            rec.update(ms_per_step=1e3 * elapsed / self._n_timed,
+            rec.update(timed_steps=self._n_timed, seconds=elapsed, ms_per_step=1e3 * elapsed / self._n_timed,
                        frames_per_s=self.frames_per_step * self._n_timed / elapsed,
                        samples_per_s=self.frames_per_step * self._n_timed / elapsed / self.seq_len,
                        data_wait_pct=100.0 * self._wait / elapsed)
