@@ -324,3 +324,28 @@ def test_the_dali_error_names_the_wheel_of_this_cuda(data, monkeypatch):
         monkeypatch.setattr(torch.version, "cuda", cuda)
         with pytest.raises(JepaFastError, match=rf"install {wheel} \(pip install 'jepa-fast\[{extra}\]'"):
             build_loader(data, DataConfig(loader="dali", batch_size=8), torch.device("cpu"))
+
+
+def test_without_drop_last_no_rank_is_ever_handed_an_empty_batch():
+    # n=9, batch 4, two ranks: the tail is one trajectory; rank 1 gets perm[0] again instead of nothing
+    plans = [list(Sampler(9, 4, seed=2, rank=r, world_size=2, drop_last=False).plans()) for r in range(2)]
+    assert [len(p.indices) for p in plans[0]] == [4, 1] and [len(p.indices) for p in plans[1]] == [4, 1]
+    perm = Sampler(9, 4, seed=2).permutation(0)
+    assert plans[0][1].indices.tolist() == [perm[8]] and plans[1][1].indices.tolist() == [perm[0]]
+    for n in range(1, 24):
+        for B in range(1, 6):
+            for W in range(1, 5):
+                try:
+                    samplers = [Sampler(n, B, seed=n, rank=r, world_size=W, drop_last=False) for r in range(W)]
+                except JepaFastError:
+                    continue
+                per_rank = [list(s.plans()) for s in samplers]
+                assert len({len(p) for p in per_rank}) == 1  # every rank takes every step
+                seen = []
+                for step in range(len(per_rank[0])):
+                    sizes = [len(p[step].indices) for p in per_rank]
+                    assert min(sizes) >= 1, (n, B, W, step, sizes)
+                    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+                    seen += [int(i) for p in per_rank for i in p[step].indices]
+                assert set(seen) == set(range(n))  # every trajectory at least once
+                assert len(seen) - n == max(0, W - (n % (B * W) or B * W))  # padding only for a tail m < W

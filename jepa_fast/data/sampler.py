@@ -41,8 +41,12 @@ class Sampler:
     """Seeded epochs of shuffled, sharded batches with augmentation decisions; resumable.
 
     Global batch g of an epoch holds ``perm[g*B*W : (g+1)*B*W]``; process ``rank`` takes its
-    ``rank``-th share. With drop_last the incomplete tail is dropped (the same for every rank);
-    without it the tail is split as evenly as possible (a rank may get a smaller batch).
+    ``rank``-th share of B. With drop_last the incomplete tail (m < B*W trajectories) is dropped, the
+    same for every rank. Without it the tail is one more global batch, split over the W ranks as
+    evenly as possible: sizes differ by at most one, ranks in order, and no rank is ever handed an
+    empty batch (every process must take every step): when m < W, ranks m..W-1 each get one
+    trajectory repeated from the start of the epoch's permutation (perm[0], perm[1], ...), so the
+    epoch covers every trajectory once and W - m of them twice, as torch's DistributedSampler pads.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -82,10 +86,16 @@ class Sampler:
         if len(chunk) == B * W:
             idx = chunk[self.rank * B:(self.rank + 1) * B]
             pos = step * B * W + self.rank * B + np.arange(len(idx))
-        else:
-            parts = np.array_split(np.arange(len(chunk)), W)
-            idx = chunk[parts[self.rank]]
-            pos = step * B * W + parts[self.rank]
+        else:  # the tail without drop_last: see the class docstring
+            m = len(chunk)
+            if m >= W:
+                part = np.array_split(np.arange(m), W)[self.rank]
+                idx, pos = chunk[part], step * B * W + part
+            elif self.rank < m:
+                idx, pos = chunk[self.rank:self.rank + 1], step * B * W + np.array([self.rank])
+            else:
+                pos = np.array([(self.rank - m) % self.n])
+                idx = perm[pos]
         return self._decide(epoch, step, idx, pos)
 
     def _decide(self, epoch: int, step: int, idx: np.ndarray, pos: np.ndarray) -> Plan:
