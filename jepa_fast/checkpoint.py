@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from jepa_fast import atomic
+from jepa_fast.config import flat_config
 from jepa_fast.errors import JepaFastError
-from jepa_fast.metrics import flat_config
 
 
 def ckpt_dir(run: Path) -> Path:

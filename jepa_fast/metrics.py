@@ -176,18 +176,6 @@ def tensorboard_available() -> bool:
     return True
 
 
-def flat_config(d: dict, prefix: str = "") -> dict:
-    """A nested config dict as flat 'section.field' scalars (TensorBoard's hparams)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flat_config(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, int | float | str | bool) else str(v)
-    return out
-
-
 def flops_per_step(model_cfg, prediction: str, frame_shape: tuple[int, int, int, int], trajectories: int) -> float:
     """Model FLOPs of one training step (fwd + bwd) over ``trajectories`` (all processes), counted once on a
     batch of 2 and scaled; frame_shape is (T, C, H, W)."""

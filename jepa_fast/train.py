@@ -33,7 +33,7 @@ import torch.nn as nn
 from jepa_fast import atomic, hardware, lock
 from jepa_fast import checkpoint as ckpt
 from jepa_fast import metrics as metrics_mod
-from jepa_fast.config import LossConfig, RunConfig, to_dict
+from jepa_fast.config import LossConfig, RunConfig, flat_config, to_dict
 from jepa_fast.data.batch import Batch, finish_states
 from jepa_fast.data.loader import build_loader
 from jepa_fast.data.reader import SplitData
@@ -312,7 +312,7 @@ def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, ran
             torch._dynamo.config.optimize_ddp = False  # one graph; DDP's hooks still all-reduce grads
         t.forward_loss = torch.compile(step_module, fullgraph=True)
     if tb:
-        accelerator.init_trackers("tensorboard", config=metrics_mod.flat_config(to_dict(run)))
+        accelerator.init_trackers("tensorboard", config=flat_config(to_dict(run)))
     return t, tb
 
 

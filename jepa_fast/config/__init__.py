@@ -1,14 +1,9 @@
 """Typed configuration: one dataclass per component, validated in ``__post_init__``, plus presets.
 
-One file per concern:
-
-    base.py   ConfigError, the validation helper, to_dict
+    base.py   ConfigError, validation helpers, dict <-> dataclass, --set overrides, flat_config
     sim.py    SimConfig, the splits, DatasetConfig and the dataset presets       (jepa_fast/sim)
-    data.py   PackConfig, AugmentConfig, DataConfig                             (jepa_fast/data)
-    model.py  ModelConfig and its presets, LossConfig                           (model.py, loss.py)
-    train.py  TrainConfig                                                       (train.py)
-    probe.py  ProbeConfig                                                       (probe.py)
-    run.py    RunConfig, the run presets, the override machinery and its precedence
+    run.py    AugmentConfig, DataConfig, ModelConfig, LossConfig, TrainConfig, RunConfig and the run presets
+    jobs.py   PackConfig (jepa_fast/data/pack.py), ProbeConfig (jepa_fast/probe.py)
 
 Precedence everywhere: dataclass defaults < preset < named command-line flags < ``--set``. Every field
 has a one-line docstring (the string literal below it). A bad value raises ``ConfigError`` with a
@@ -16,11 +11,22 @@ message that names the field and says what is allowed, never a traceback from de
 The names below are the public ones; import them from ``jepa_fast.config``.
 """
 
-from jepa_fast.config.base import ConfigError, to_dict
-from jepa_fast.config.data import AUGMENT_PRESETS, AugmentConfig, DataConfig, PackConfig
-from jepa_fast.config.model import MODEL_PRESETS, LossConfig, ModelConfig, model_preset
-from jepa_fast.config.probe import ProbeConfig
-from jepa_fast.config.run import RunConfig, apply_overrides, resolve, run_config_from_dict, run_preset, set_field
+from jepa_fast.config.base import ConfigError, apply_overrides, flat_config, from_dict, set_field, to_dict
+from jepa_fast.config.jobs import PackConfig, ProbeConfig
+from jepa_fast.config.run import (
+    AUGMENT_PRESETS,
+    MODEL_PRESETS,
+    AugmentConfig,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    model_preset,
+    resolve,
+    run_config_from_dict,
+    run_preset,
+)
 from jepa_fast.config.sim import (
     DATASET_PRESETS,
     SPLIT_KIND,
@@ -29,11 +35,10 @@ from jepa_fast.config.sim import (
     SimConfig,
     dataset_preset,
 )
-from jepa_fast.config.train import TrainConfig
 
 __all__ = [
     "AUGMENT_PRESETS", "DATASET_PRESETS", "MODEL_PRESETS", "SPLITS", "SPLIT_KIND", "AugmentConfig", "ConfigError",
     "DataConfig", "DatasetConfig", "LossConfig", "ModelConfig", "PackConfig", "ProbeConfig", "RunConfig",
-    "SimConfig", "TrainConfig", "apply_overrides", "dataset_preset", "model_preset", "resolve",
-    "run_config_from_dict", "run_preset", "set_field", "to_dict",
+    "SimConfig", "TrainConfig", "apply_overrides", "dataset_preset", "flat_config", "from_dict", "model_preset",
+    "resolve", "run_config_from_dict", "run_preset", "set_field", "to_dict",
 ]

@@ -1,8 +1,10 @@
-"""The run config, its presets, and the command-line override machinery, in one place.
+"""The training run's configuration: data loading, model, loss, optimisation; the run presets.
 
-Precedence, everywhere: dataclass defaults < preset < named command-line flags (``--lr``, ``--augment``,
-...) < ``--set section.field=value``. ``resolve`` applies it; the saved ``config.json`` of a run
-holds the result, and ``run_config_from_dict`` reads it back.
+``RunConfig`` holds one dataclass per component (each validated in ``__post_init__``, one docstring
+per field). Precedence, everywhere: dataclass defaults < preset < named command-line flags (``--lr``,
+``--augment``, ...) < ``--set section.field=value``; ``resolve`` applies it. ``config.json`` of a run
+holds the result as the user asked for it (machine-dependent fields may stay ``auto``: the trainer
+resolves them on each machine, see ``jepa_fast/hardware.py``), and ``run_config_from_dict`` reads it back.
 """
 
 from __future__ import annotations
@@ -10,15 +12,231 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from jepa_fast.config.base import ConfigError, check
-from jepa_fast.config.data import AugmentConfig, DataConfig
-from jepa_fast.config.model import LossConfig, ModelConfig, model_preset
-from jepa_fast.config.train import TrainConfig
+from jepa_fast.config.base import apply_overrides, at_least, check, from_dict, one_of, probability, set_field
+
+# ---------------------------------------------------------------------------------------------
+# data loading (jepa_fast/data)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Physics-consistent augmentations (docs/ARCHITECTURE.md). Each is off at probability 0."""
+
+    flip_lr: float = 0.0
+    """Probability of a left-right flip of a whole trajectory (x -> W-1-x, dx -> -dx)."""
+    flip_ud: float = 0.0
+    """Probability of an up-down flip of a whole trajectory (y -> H-1-y, dy -> -dy)."""
+    noise_p: float = 0.0
+    """Probability that a trajectory gets additive Gaussian noise (frames only; a channel that is static
+    over the trajectory gets one noise image for all its frames, see ``model.static_walls``)."""
+    noise_std: float = 0.02
+    """Std of that noise, in units of the channel's maximum value."""
+    brightness_p: float = 0.0
+    """Probability that a trajectory's frames are scaled by a random brightness factor."""
+    brightness_range: tuple[float, float] = (0.9, 1.1)
+    """Range of the uniform brightness factor."""
+
+    def __post_init__(self) -> None:
+        probability(self, "augment", "flip_lr", "flip_ud", "noise_p", "brightness_p")
+        at_least(self, "augment", 0, "noise_std")
+        lo, hi = self.brightness_range
+        check(0 < lo <= hi, f"augment.brightness_range={self.brightness_range}: need 0 < lo <= hi")
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, n) > 0 for n in ("flip_lr", "flip_ud", "noise_p", "brightness_p"))
+
+
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "none": AugmentConfig(),
+    "flips": AugmentConfig(flip_lr=0.5, flip_ud=0.5),
+    "full": AugmentConfig(flip_lr=0.5, flip_ud=0.5, noise_p=0.5, noise_std=0.02, brightness_p=0.5),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which loader feeds the step and how (jepa_fast/data/loader.py, dali.py)."""
+
+    loader: str = "auto"
+    """'auto' (DALI on a GPU when importable, else the torch loader; on a CPU device the torch loader,
+    which measured faster than DALI's CPU mode), 'dali' or 'torch'."""
+    batch_size: int = 512
+    """Trajectories per batch, per process."""
+    seed: int = 0
+    """Seed of the sampler: the epoch permutations and every augmentation decision."""
+    shuffle: bool = True
+    """Shuffle trajectories every epoch."""
+    drop_last: bool = True
+    """Drop the last incomplete batch (static shapes for the compiled step); without it the tail is
+    split over the processes as the Sampler documents."""
+    resident: str = "auto"
+    """Torch loader: 'device' holds the decoded uint8 split on the training device and gathers there;
+    'host' decodes each batch on the CPU; 'auto' = device when it fits in a quarter of its memory."""
+    workers: int = 0
+    """Decode threads (torch loader) or DALI Python workers; 0 = auto (1 on a CPU device, where the step
+    needs the cores; half the cores, at most 8, on a GPU machine)."""
+    prefetch: int = 2
+    """Batches prepared ahead of the step."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Augmentations."""
+
+    def __post_init__(self) -> None:
+        one_of(self, "data", "loader", ("auto", "dali", "torch"))
+        one_of(self, "data", "resident", ("auto", "device", "host"))
+        at_least(self, "data", 0, "seed", "workers")
+        at_least(self, "data", 1, "batch_size", "prefetch")
+
+
+# ---------------------------------------------------------------------------------------------
+# model and loss (jepa_fast/model.py, jepa_fast/loss.py)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the JEPA world model (jepa_fast/model.py)."""
+
+    encoder_widths: tuple[int, ...] = (8, 16, 32, 64)
+    """Channels of the Conv3x3-stride-2 stages of each encoder branch."""
+    repr_dim: int = 128
+    """D: latent size (the two branch outputs are concatenated)."""
+    action_dim: int = 128
+    """Size of the action embedding Linear(2 -> action_dim)."""
+    hidden_dim: int = 128
+    """GRU hidden size."""
+    gru_layers: int = 2
+    """GRU layers."""
+    gru_dropout: float = 0.1
+    """Dropout between GRU layers (training only)."""
+    proj_dim: int = 128
+    """Hidden width of the projector MLP."""
+    residual_predictor: bool = False
+    """Predict the change of the latent (s_{t+1} = s_t + f(...)) instead of the latent itself; no extra
+    parameters, and rollouts drift less over long horizons."""
+    static_walls: bool = True
+    """Encode the wall channel once per trajectory and broadcast it over T. Exact when the wall image
+    is constant over a trajectory (true of the two-rooms data, and checked at pack time: the trainer
+    turns this off for a store whose attrs say otherwise). Halves the wall branch's cost ~T x;
+    the only difference is BatchNorm's running-variance correction (B vs B*T samples)."""
+    input_scale: float = 10.6165
+    """Multiplies raw frame values before the encoder: 1 / (1 / (2 pi 1.3^2)) maps the real data's
+    agent peak and wall value (0.0942) to 1."""
+
+    def __post_init__(self) -> None:
+        check(len(self.encoder_widths) >= 1 and all(w >= 1 for w in self.encoder_widths),
+              f"model.encoder_widths={self.encoder_widths}: need one or more positive widths")
+        at_least(self, "model", 1, "action_dim", "hidden_dim", "gru_layers", "proj_dim")
+        at_least(self, "model", 2, "repr_dim")
+        check(0 <= self.gru_dropout < 1, f"model.gru_dropout={self.gru_dropout}: must be in [0, 1)")
+        check(self.input_scale > 0, f"model.input_scale={self.input_scale}: must be > 0")
+
+
+MODEL_PRESETS: dict[str, dict] = {
+    # the public course project (Lake-Wang/Deep_Learning_JEPA_World_Model): 477,664 parameters
+    "reference": {},
+    # ours: the same 477,664 parameters, a residual predictor (trained by rollout: see the run presets)
+    "ours": {"residual_predictor": True},
+}
+
+
+def model_preset(name: str, **overrides) -> ModelConfig:
+    check(name in MODEL_PRESETS, f"model preset {name!r}: unknown; choose from {', '.join(MODEL_PRESETS)}")
+    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """VICReg-style JEPA loss (jepa_fast/loss.py)."""
+
+    sim_coeff: float = 5.0
+    """Weight of MSE(projected predictions, projected targets)."""
+    std_coeff: float = 5.0
+    """Weight of the variance hinge (summed over both branches)."""
+    cov_coeff: float = 1.0
+    """Weight of the off-diagonal covariance penalty (summed over both branches)."""
+    raw_coeff: float = 1.0
+    """Weight of MSE(predicted latents, encoder latents)."""
+    std_target: float = 1.0
+    """gamma of the hinge relu(gamma - std)."""
+    std_eps: float = 1e-4
+    """std = sqrt(var + eps)."""
+    impl: str = "torch"
+    """'torch' (plain reference) or 'triton' (fused kernels; falls back to torch where Triton cannot run)."""
+
+    def __post_init__(self) -> None:
+        at_least(self, "loss", 0, "sim_coeff", "std_coeff", "cov_coeff", "raw_coeff", "std_eps")
+        check(self.std_target > 0, f"loss.std_target={self.std_target}: must be > 0")
+        one_of(self, "loss", "impl", ("torch", "triton"))
+
+
+# ---------------------------------------------------------------------------------------------
+# optimisation and the loop (jepa_fast/train.py)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation recipe and the loop's cadences."""
+
+    epochs: int = 15
+    """Passes over the training split (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Optimizer steps in the whole run (sets the LR schedule's length); -1 = epochs x steps per epoch."""
+    lr: float = 5e-4
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """Cosine annealing per step from lr down to min_lr_ratio x lr."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the cosine."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    ema_momentum: float = 0.996
+    """Momentum of the EMA target projector, updated after each optimizer step."""
+    precision: str = "auto"
+    """Accelerate mixed precision: 'auto' (bf16 on CUDA with bf16, fp16 on older CUDA, bf16 on a CPU with
+    native bf16, else fp32; see jepa_fast/hardware.py), 'bf16', 'fp16' or 'no' (fp32)."""
+    compile: str = "auto"
+    """torch.compile the step's model computation as one graph: 'on', 'off', or 'auto' (on for CUDA;
+    off on a CPU, where it measured no faster than eager and costs ~60 s of compilation on 2 cores)."""
+    channels_last: bool = True
+    """Keep conv weights and activations in channels-last (NHWC) memory: oneDNN's fast path on a CPU
+    (measured 1.5-2x faster per step, fp32, AVX2 and AVX-512) and the tensor-core layout on CUDA."""
+    threads: int = 0
+    """torch's CPU (intra-op) threads; 0 = auto: OMP_NUM_THREADS, else this process's share of the cores."""
+    log_every: int = 20
+    """Steps between log lines (the only host syncs of the loop); also the NaN/SIGTERM check cadence
+    with several processes."""
+    save_every: int = 500
+    """Steps between checkpoints (-1 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    seed: int = 0
+    """Seed of model init and of torch's RNG (dropout, noise)."""
+    prediction: str = "teacher"
+    """How the predictor is trained: 'teacher' (the true latent fed at every step, the reference's way)
+    or 'rollout' (its own predictions fed back from s_0, as the probe evaluates it)."""
+
+    def __post_init__(self) -> None:
+        one_of(self, "train", "prediction", ("teacher", "rollout"))
+        one_of(self, "train", "precision", ("auto", "bf16", "fp16", "no"))
+        one_of(self, "train", "compile", ("auto", "on", "off"))
+        at_least(self, "train", 0, "seed", "warmup_steps", "weight_decay", "grad_clip", "threads")
+        at_least(self, "train", 1, "epochs", "log_every", "keep_checkpoints")
+        check(self.max_steps == -1 or self.max_steps >= 1, f"train.max_steps={self.max_steps}: -1 or >= 1")
+        check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        check(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
+        check(0 <= self.ema_momentum < 1, f"train.ema_momentum={self.ema_momentum}: must be in [0, 1)")
+        check(self.save_every == -1 or self.save_every >= 1, f"train.save_every={self.save_every}: -1 or >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# the run and its presets
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a training run needs; saved resolved in the run folder and in every checkpoint."""
+    """Everything a training run needs; saved in the run folder and in every checkpoint."""
 
     preset: str = "reference"
     """The preset the values started from."""
@@ -58,58 +276,6 @@ def run_preset(name: str) -> RunConfig:
     return presets[name]
 
 
-
-def _parse_value(text: str, current):
-    """Parse a command-line string into the type of the field's current value."""
-    if isinstance(current, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{text!r} is not a boolean (use true/false)")
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
-    if isinstance(current, tuple):
-        return tuple(type(current[0])(v) if current else v for v in text.split(","))
-    return text
-
-
-def set_field(cfg, key: str, value=None, text: str | None = None):
-    """A copy of ``cfg`` with the dotted field ``key`` set to ``value`` (or ``text`` parsed to its type).
-
-    The copy is validated by the section's ``__post_init__``; an unknown field names the known ones.
-    """
-    return _replace_path(cfg, key.strip().split("."), key, value, text)
-
-
-def _replace_path(obj, path: list[str], key: str, value, text: str | None):
-    name = path[0]
-    if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
-        known = ", ".join(f.name for f in dataclasses.fields(obj)) if dataclasses.is_dataclass(obj) else ""
-        raise ConfigError(f"--set {key}: unknown field {name!r} (known here: {known})")
-    current = getattr(obj, name)
-    if len(path) > 1:
-        return dataclasses.replace(obj, **{name: _replace_path(current, path[1:], key, value, text)})
-    if text is not None:
-        try:
-            value = _parse_value(text, current)
-        except (ValueError, ConfigError) as e:
-            raise ConfigError(f"--set {key}={text}: {e}") from None
-    return dataclasses.replace(obj, **{name: value})
-
-
-def apply_overrides(cfg, overrides: list[str]):
-    """Apply ``section.field=value`` overrides (e.g. ``train.lr=1e-3``, ``data.augment.flip_lr=0.5``) in order."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.field=value")
-        key, text = item.split("=", 1)
-        cfg = set_field(cfg, key, text=text.strip())
-    return cfg
-
-
 def resolve(base: RunConfig, flags: dict | None = None, overrides: list[str] | None = None) -> RunConfig:
     """The run config by the documented precedence: ``base`` (a preset, or a resumed run's config) <
     ``flags`` (dotted key -> typed value, from named command-line flags) < ``overrides`` (``--set``)."""
@@ -119,13 +285,11 @@ def resolve(base: RunConfig, flags: dict | None = None, overrides: list[str] | N
     return apply_overrides(run, list(overrides or []))
 
 
+RETIRED_FIELDS = frozenset({"model.preset"})
+"""Fields that earlier versions wrote into config.json and checkpoints (``model.preset`` duplicated
+``preset``); reading such a file drops them."""
+
+
 def run_config_from_dict(d: dict) -> RunConfig:
     """Rebuild a RunConfig from its to_dict() form (checkpoints, config.json)."""
-    def tup(x):
-        return tuple(x) if isinstance(x, list) else x
-
-    aug = AugmentConfig(**{k: tup(v) for k, v in d["data"]["augment"].items()})
-    data = DataConfig(**{**d["data"], "augment": aug})
-    model = ModelConfig(**{k: tup(v) for k, v in d["model"].items()})
-    return RunConfig(preset=d.get("preset", "custom"), model=model, loss=LossConfig(**d["loss"]), data=data,
-                     train=TrainConfig(**d["train"]))
+    return from_dict(RunConfig, d, retired=RETIRED_FIELDS)

@@ -1,0 +1,84 @@
+"""Configuration of the jobs around training: packing a store (jepa_fast/data/pack.py) and probing a
+model (jepa_fast/probe.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jepa_fast.config.base import at_least, check, one_of
+
+# ---------------------------------------------------------------------------------------------
+# packing raw splits into the Zarr store
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """How ``jepa-fast pack`` writes a store."""
+
+    codec: str = "lz4"
+    """'lz4' (default; every stored chunk is a raw LZ4 block the GPU can inflate) or 'zstd' (smaller,
+    for archival; CPU decode only)."""
+    zstd_level: int = 3
+    """Compression level when codec='zstd' (1-22)."""
+    chunk_mib: float = 1.0
+    """Target raw size of one shard (k whole trajectories); k = round(chunk_mib MiB / trajectory bytes)."""
+    chunk_trajectories: int = 0
+    """k, trajectories per shard; 0 picks it from chunk_mib."""
+    scale: str = "sample"
+    """Per-channel quantisation scale for float input: 'sample' = 1.01 x the max over a strided sample
+    (one read pass; the pack re-runs with the exact max if any value would clip), 'exact' = the max
+    over the whole array (an extra full read pass)."""
+    workers: int = 2
+    """Threads that quantise, compress and write shards."""
+
+    def __post_init__(self) -> None:
+        one_of(self, "pack", "codec", ("lz4", "zstd"))
+        one_of(self, "pack", "scale", ("sample", "exact"))
+        check(1 <= self.zstd_level <= 22, f"pack.zstd_level={self.zstd_level}: must be in 1..22")
+        check(self.chunk_mib > 0, f"pack.chunk_mib={self.chunk_mib}: must be > 0")
+        at_least(self, "pack", 0, "chunk_trajectories")
+        at_least(self, "pack", 1, "workers")
+
+    def trajectories_per_shard(self, traj_bytes: int) -> int:
+        if self.chunk_trajectories:
+            return self.chunk_trajectories
+        return max(1, round(self.chunk_mib * 2**20 / traj_bytes))
+
+
+# ---------------------------------------------------------------------------------------------
+# probing: the original protocol (docs/TWO_ROOMS.md, "Probing protocol")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The course project's probing protocol. Defaults are the original values; change them only to
+    experiment, since the published numbers mean these settings."""
+
+    lr: float = 2e-4
+    """Adam lr of the very first step; the schedule's peak is lr x batch_size / 256."""
+    epochs: int = 20
+    """Prober training epochs."""
+    batch_size: int = 64
+    """Batch size of prober training and of evaluation (both drop the last incomplete batch)."""
+    sample_timesteps: int = 30
+    """When T > this, each training sample uses this many random timesteps."""
+    hidden: int = 256
+    """Prober: Linear(D, hidden) - ReLU - Linear(hidden, 2)."""
+    warmup_fraction: float = 0.1
+    """Linear warm-up over this fraction of all prober steps."""
+    end_lr_ratio: float = 0.001
+    """Cosine from the peak down to peak x end_lr_ratio."""
+    seed: int = 0
+    """Seed of prober init, shuffling and timestep sampling."""
+    embed_batch: int = 256
+    """Trajectories per batch when computing the model's rollout embeddings (speed only)."""
+    cache: bool = True
+    """Compute each split's embeddings once and train the prober on the cache (the model is frozen);
+    False re-runs the model on every prober batch, as the original evaluator does."""
+
+    def __post_init__(self) -> None:
+        at_least(self, "probe", 0, "seed")
+        at_least(self, "probe", 1, "epochs", "batch_size", "sample_timesteps", "hidden", "embed_batch")
+        check(self.lr > 0, f"probe.lr={self.lr}: must be > 0")
+        check(0 <= self.warmup_fraction < 1, f"probe.warmup_fraction={self.warmup_fraction}: must be in [0, 1)")
+        check(0 <= self.end_lr_ratio <= 1, f"probe.end_lr_ratio={self.end_lr_ratio}: must be in [0, 1]")
