@@ -174,20 +174,3 @@ def tensorboard_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def flops_per_step(model_cfg, prediction: str, frame_shape: tuple[int, int, int, int], trajectories: int) -> float:
-    """Model FLOPs of one training step (fwd + bwd) over ``trajectories`` (all processes), counted once on a
-    batch of 2 and scaled; frame_shape is (T, C, H, W)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from jepa_fast.model import JEPA
-
-    T, C, H, W = frame_shape
-    model = JEPA(model_cfg)
-    x = torch.zeros(2, T, C, H, W)
-    a = torch.zeros(2, T - 1, 2)
-    with FlopCounterMode(display=False) as counter:
-        outs = model.training_outputs(x, a, prediction)
-        sum(o.float().sum() for o in outs).backward()
-    return counter.get_total_flops() / 2 * trajectories

@@ -189,3 +189,18 @@ def _fp32(x: torch.Tensor):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (the target projector is an EMA buffer-like copy and does not count)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def training_flops(cfg: ModelConfig, prediction: str, frame_shape: tuple[int, int, int, int]) -> float:
+    """Model FLOPs of one training step (forward + backward) per trajectory of frame_shape (T, C, H, W):
+    counted once on a batch of 2 and halved (for MFU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    T, C, H, W = frame_shape
+    model = JEPA(cfg)
+    x = torch.zeros(2, T, C, H, W)
+    a = torch.zeros(2, T - 1, 2)
+    with FlopCounterMode(display=False) as counter:
+        outs = model.training_outputs(x, a, prediction)
+        sum(o.float().sum() for o in outs).backward()
+    return counter.get_total_flops() / 2

@@ -40,7 +40,7 @@ from jepa_fast.data.reader import SplitData
 from jepa_fast.errors import JepaFastError
 from jepa_fast.loss import jepa_loss
 from jepa_fast.metrics import MetricLogger, NonFiniteLoss, plot_losses
-from jepa_fast.model import JEPA, count_parameters
+from jepa_fast.model import JEPA, count_parameters, training_flops
 from jepa_fast.progress import step_bar
 
 log = logging.getLogger("jepa_fast.train")
@@ -95,15 +95,16 @@ class ForwardLoss(nn.Module):
 
 @dataclasses.dataclass
 class Training:
-    """What one optimizer step needs (built once by ``train``)."""
+    """What one optimizer step needs (built once by ``_setup``)."""
 
     run: RunConfig
     model: JEPA  # the plain module (checkpoints, EMA)
     forward_loss: Callable[..., dict[str, torch.Tensor]]  # prepared (DDP, autocast) and maybe compiled
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     accelerator: object
     params: list[torch.nn.Parameter]
+    total: int  # optimizer steps of the whole run (the schedule's length)
     step: int = 0
 
 
@@ -123,22 +124,29 @@ def train_step(t: Training, batch: Batch) -> dict[str, torch.Tensor]:
 
 
 class Checkpointer:
-    """Owns the save cadence (every ``save_every`` steps, and at the end) and what a checkpoint holds."""
+    """Owns the save cadence (every ``save_every`` steps, and once at the end) and what a checkpoint holds."""
 
-    def __init__(self, out: Path, t: Training, sampler, n_params: int, rank: int, world: int):
-        self.out, self.t, self.sampler, self.n_params, self.rank, self.world = out, t, sampler, n_params, rank, world
+    def __init__(self, out: Path, t: Training, sampler, machine: hardware.Resolved, rank: int, world: int):
+        self.out, self.t, self.sampler, self.machine, self.rank, self.world = out, t, sampler, machine, rank, world
+        self.saved_step: int | None = None  # the step of the last checkpoint this run wrote
+        self.last: Path | None = None
 
     def due(self, step: int) -> bool:
         every = self.t.run.train.save_every
         return every > 0 and step % every == 0
 
     def save(self) -> Path | None:
+        """Write a checkpoint of the current step, unless this run already wrote it."""
         t = self.t
+        if self.saved_step == t.step:
+            return self.last
         state = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
                  "scheduler": t.scheduler.state_dict(), "step": t.step, "sampler": self.sampler.state_dict(),
-                 "config": to_dict(t.run), "params": self.n_params}
-        return ckpt.save(self.out, t.step, state, self.rank, self.world, t.accelerator.wait_for_everyone,
-                         t.run.train.keep_checkpoints)
+                 "config": to_dict(t.run), "params": count_parameters(t.model)}
+        self.last = ckpt.save(self.out, t.step, state, self.rank, self.world, t.accelerator.wait_for_everyone,
+                              t.run.train.keep_checkpoints)
+        self.saved_step = t.step
+        return self.last
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,71 +160,54 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
     ``profile`` writes a torch.profiler (Chrome) trace of steps 3-6 there; ``init`` starts from the
     weights of a checkpoint, a run folder or the course project's model_weights.pth (a fine-tune: fresh
     optimizer, schedule and data position; the model config comes with the weights); ``overwrite``
-    replaces what a non-empty ``out`` holds. The run folder is locked (one writer) for the whole run."""
+    replaces what a non-empty ``out`` holds. The run folder is locked (one writer) for the whole run.
+
+    """
     out = Path(out)
-    with lock.exclusive(out, "run folder") if _dist_env()[0] == 0 else contextlib.nullcontext():
-        return _train(run, data, out, resume, stop_at_step, progress, profile, init, overwrite)
-
-
-def _train(run: RunConfig, data: Path, out: Path, resume: bool, stop_at_step: int | None, progress: bool,
-           profile: Path | None, init: Path | None, overwrite: bool) -> dict:
-    store = resolve_store(data)
-    if init is not None and resume:
-        raise JepaFastError("--init starts a new run from weights, --resume continues one; pass only one")
-    init_weights = None
-    if init is not None:
-        from jepa_fast.reference import load_init
-
-        init_weights, model_cfg, what = load_init(init)
-        if model_cfg != run.model:
-            log.info("model config taken from %s (it differs from preset %s's)", what, run.preset)
-        run = dataclasses.replace(run, model=model_cfg)
     rank, world, local_rank = _dist_env()
-    # ask NVML, not the CUDA driver: DALI can fork its workers only while the driver is not initialised
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if not resume and not overwrite:
-        if ckpt.latest(out) is not None:
-            raise JepaFastError(f"{out} already holds checkpoints; pass --resume to continue it, --overwrite to "
-                                "replace it, or use another --out")
-        if out.is_dir() and any(out.iterdir()):
-            names = ", ".join(sorted(p.name for p in out.iterdir())[:4])
-            raise JepaFastError(f"{out} holds files ({names}) but no checkpoint; pass --overwrite to replace them "
-                                "or use another --out")
+    with lock.exclusive(out, "run folder") if rank == 0 else contextlib.nullcontext():
+        _check_output(out, resume, overwrite, init)
+        if init is not None:
+            run = _with_init_model(run, init)
+        # ask NVML, not the CUDA driver: DALI can fork its workers only while the driver is not initialised
+        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        store = resolve_store(data)
+        split = SplitData(store)  # data first: DALI's workers must fork before anything initialises CUDA
+        loader = build_loader(split, run.data, device, rank=rank, world_size=world)
+        run, machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once; config.json records them
+        if run.model.static_walls and not split.reader.attrs.get("walls_static", False):
+            log.info("%s: wall images vary within trajectories; encoding every frame (model.static_walls off)", store)
+            run = dataclasses.replace(run, model=dataclasses.replace(run.model, static_walls=False))
+        t, tb = _setup(run, out, resume, overwrite, loader, rank, world, device, machine, init)
+        if t.accelerator.is_main_process:
+            print(f"jepa-fast train | {count_parameters(t.model):,} params | {store} ({split.n:,} trajectories) | "
+                  f"loader {loader.mode} | {world} process(es) on {device.type} | {machine.header()} | "
+                  f"{t.total} steps ({len(loader)}/epoch)")
+        return _loop(t, loader, split, out, machine, tb, world, device, stop_at_step, progress, profile)
 
-    split = SplitData(store)  # data first: DALI's workers must fork before anything initialises CUDA
-    loader = build_loader(split, run.data, device, rank=rank, world_size=world)
-    run, machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once; config.json records them
-    if run.model.static_walls and not split.reader.attrs.get("walls_static", False):
-        log.info("%s: wall images vary within trajectories; encoding every frame (model.static_walls off)", store)
-        run = dataclasses.replace(run, model=dataclasses.replace(run.model, static_walls=False))
 
-    t, tb = _setup(run, out, resume, overwrite, loader, rank, world, cuda, machine.compile, init_weights)
-    accelerator, is_main = t.accelerator, t.accelerator.is_main_process
-    steps_per_epoch = len(loader)
-    total = run.train.max_steps if run.train.max_steps > 0 else run.train.epochs * steps_per_epoch
-    n_params = count_parameters(t.model)
-    flops = (metrics_mod.flops_per_step(run.model, run.train.prediction, split.frame_shape, run.data.batch_size * world)
-             if cuda else None)  # MFU only where a peak is known
-    metrics = MetricLogger(out / "metrics.jsonl" if is_main else None, total, run.data.batch_size * split.T * world,
+def _loop(t: Training, loader, split: SplitData, out: Path, machine: hardware.Resolved, tb: bool, world: int,
+          device: torch.device, stop_at_step: int | None, progress: bool, profile: Path | None) -> dict:
+    """Steps until the run's total (or a stop); logs and checkpoints at their cadences; one final save."""
+    run, accelerator, is_main = t.run, t.accelerator, t.accelerator.is_main_process
+    flops = training_flops(run.model, run.train.prediction, split.frame_shape) * run.data.batch_size * world \
+        if device.type == "cuda" else None  # MFU only where a peak is known
+    metrics = MetricLogger(out / "metrics.jsonl" if is_main else None, t.total, run.data.batch_size * split.T * world,
                            split.T, device, flops_per_step=flops, accelerator=accelerator if tb else None,
                            is_main=is_main, reduce=accelerator.reduce if world > 1 else None)
-    checkpointer = Checkpointer(out, t, loader.sampler, n_params, rank, world)
-    if is_main:
-        print(f"jepa-fast train | {n_params:,} params | {store} ({split.n:,} trajectories) | loader {loader.mode} | "
-              f"{world} process(es) on {device.type} | {machine.header()} | {total} steps ({steps_per_epoch}/epoch)")
-    bar = step_bar(total, t.step) if is_main and progress else None
-    prof = metrics_mod.profiler(profile, cuda) if profile is not None and is_main else None
+    checkpointer = Checkpointer(out, t, loader.sampler, machine, accelerator.process_index, world)
+    bar = step_bar(t.total, t.step) if is_main and progress else None
+    prof = metrics_mod.profiler(profile, device.type == "cuda") if profile is not None and is_main else None
     stop_reason, compile_s, t_start = "done", None, time.perf_counter()
     batches = _epochs(loader)
-    with _Stop() as stop:
-        try:
-            while t.step < total:
+    try:
+        with _Stop() as stop:
+            while t.step < t.total:
                 t_wait = time.perf_counter()
                 batch = next(batches)
-                wait = time.perf_counter() - t_wait
-                t_step = time.perf_counter()
+                wait, t_step = time.perf_counter() - t_wait, time.perf_counter()
                 terms = train_step(t, batch)
                 metrics.accumulate(terms, wait)  # every step's loss is checked, the compiling one too
                 if machine.compile and compile_s is None:
@@ -226,7 +217,7 @@ def _train(run: RunConfig, data: Path, out: Path, resume: bool, stop_at_step: in
                         print(f"torch.compile: first step took {compile_s:.1f} s (compilation included)")
                 if prof is not None:
                     prof.step()
-                at_log = t.step % run.train.log_every == 0 or t.step == total
+                at_log = t.step % run.train.log_every == 0 or t.step == t.total
                 if at_log or checkpointer.due(t.step):  # never save after an unchecked NaN
                     _report(metrics.log(t.step, t.scheduler.get_last_lr()[0]), metrics, bar, at_log, progress)
                 if checkpointer.due(t.step):
@@ -239,33 +230,55 @@ def _train(run: RunConfig, data: Path, out: Path, resume: bool, stop_at_step: in
                 if stop_at_step is not None and t.step >= stop_at_step:
                     stop_reason = "stop_at_step"
                     break
-            batches.close()
-            if prof is not None:
-                prof.stop()
             metrics.log(t.step, t.scheduler.get_last_lr()[0])
             final = checkpointer.save()
-        except NonFiniteLoss as e:
-            last = ckpt.latest(out)
-            if bar is not None:
-                bar.close()
-            accelerator.end_training()
-            raise JepaFastError(f"{e}; stopped without saving. Last good checkpoint: {last or 'none'}. "
-                                "Try a lower train.lr or train.precision=no") from None
-    if bar is not None:
-        bar.close()
+    except NonFiniteLoss as e:
+        raise JepaFastError(f"{e}; stopped without saving. Last good checkpoint: {ckpt.latest(out) or 'none'}. "
+                            "Try a lower train.lr or train.precision=no") from None
+    finally:
+        batches.close()  # the loader's prefetch thread / DALI pipeline
+        if prof is not None:
+            prof.stop()
+        if bar is not None:
+            bar.close()
+        accelerator.end_training()
     seconds = time.perf_counter() - t_start
     if is_main:
         plot_losses(out / "metrics.jsonl", out / "loss.png")
         why = {"SIGTERM": " (SIGTERM: checkpoint saved, exiting cleanly)", "stop_at_step": " (stopped early)"}
         print(f"finished at step {t.step}{why.get(stop_reason, '')}: {final} | {seconds:.1f} s")
-    accelerator.end_training()
-    return {"step": t.step, "checkpoint": str(final) if final else None, "seconds": seconds, "params": n_params,
-            "stop": stop_reason, "compile_s": compile_s, "last": metrics.last, "loader": loader.mode,
-            "model": t.model}
+    return {"step": t.step, "checkpoint": str(final) if final else None, "seconds": seconds,
+            "params": count_parameters(t.model), "stop": stop_reason, "compile_s": compile_s, "last": metrics.last,
+            "loader": loader.mode, "model": t.model}
 
 
-def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, rank: int, world: int, cuda: bool,
-           compile_on: bool, init_weights: dict | None = None) -> tuple[Training, bool]:
+def _check_output(out: Path, resume: bool, overwrite: bool, init: Path | None) -> None:
+    """Refuse what would lose a user's files or mix two runs, before anything is built."""
+    if init is not None and resume:
+        raise JepaFastError("--init starts a new run from weights, --resume continues one; pass only one")
+    if resume or overwrite:
+        return
+    if ckpt.latest(out) is not None:
+        raise JepaFastError(f"{out} already holds checkpoints; pass --resume to continue it, --overwrite to "
+                            "replace it, or use another --out")
+    if out.is_dir() and any(out.iterdir()):
+        names = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise JepaFastError(f"{out} holds files ({names}) but no checkpoint; pass --overwrite to replace them "
+                            "or use another --out")
+
+
+def _with_init_model(run: RunConfig, init: Path) -> RunConfig:
+    """The run with the model config that ``init``'s weights need (the weights are loaded in ``_setup``)."""
+    from jepa_fast.reference import load_init
+
+    _, model_cfg, what = load_init(init)
+    if model_cfg != run.model:
+        log.info("model config taken from %s (it differs from preset %s's)", what, run.preset)
+    return dataclasses.replace(run, model=model_cfg)
+
+
+def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, rank: int, world: int,
+           device: torch.device, machine: hardware.Resolved, init: Path | None) -> tuple[Training, bool]:
     """Accelerate, the model and optimizer (restored from the latest checkpoint on resume), the compiled step."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -275,13 +288,15 @@ def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, ran
 
         AcceleratorState._reset_state(reset_partial_state=True)
     tb = metrics_mod.tensorboard_available()
-    accelerator = Accelerator(mixed_precision=run.train.precision, cpu=not cuda,
+    accelerator = Accelerator(mixed_precision=machine.precision, cpu=device.type != "cuda",
                               log_with="tensorboard" if tb else None, project_dir=str(out))
     set_seed(run.train.seed)  # same init on every process
     model = JEPA(run.model)
-    if init_weights is not None:
+    if init is not None:
+        from jepa_fast.reference import load_init
+
         try:
-            model.load_state_dict(init_weights, strict=True)
+            model.load_state_dict(load_init(init)[0], strict=True)
         except RuntimeError as e:
             raise JepaFastError(f"--init: the weights do not fit this model ({str(e).splitlines()[0]})") from None
     if run.train.channels_last:
@@ -294,9 +309,9 @@ def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, ran
     total = run.train.max_steps if run.train.max_steps > 0 else run.train.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_schedule(s, total, run.train.warmup_steps, run.train.min_lr_ratio))
-    t = Training(run, model, step_module, optimizer, scheduler, accelerator, params)
+    t = Training(run, model, step_module, optimizer, scheduler, accelerator, params, total)
     if resume:
-        _restore(t, out, loader, rank, world)
+        _restore(t, out, loader, rank, world, machine)
     if accelerator.is_main_process:  # every check has passed: only now does the run folder change
         if overwrite and not resume and out.is_dir():
             for old in out.iterdir():
@@ -306,7 +321,7 @@ def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, ran
         if resume:  # steps logged after the checkpoint were lost with the kill: the log continues from it
             metrics_mod.truncate_jsonl(out / "metrics.jsonl", t.step)
     accelerator.wait_for_everyone()
-    if compile_on:
+    if machine.compile:
         torch._dynamo.config.allow_rnn = True  # trace the GRU instead of breaking the graph on it
         if world > 1:
             torch._dynamo.config.optimize_ddp = False  # one graph; DDP's hooks still all-reduce grads
@@ -316,7 +331,7 @@ def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, ran
     return t, tb
 
 
-def _restore(t: Training, out: Path, loader, rank: int, world: int) -> None:
+def _restore(t: Training, out: Path, loader, rank: int, world: int, machine: hardware.Resolved) -> None:
     found = ckpt.latest(out)
     if found is None:
         raise JepaFastError(f"--resume: no checkpoint in {ckpt.ckpt_dir(out)}")

@@ -259,3 +259,17 @@ def test_nan_at_the_compiled_first_step_is_caught(packed, tmp_path, monkeypatch)
     monkeypatch.setattr(train_mod, "jepa_loss", poisoned)
     with pytest.raises(JepaFastError, match=r"NaN/Inf between steps 1 and 2"):
         train(_run(max_steps=6, compile="on", log_every=2), packed, tmp_path / "r", progress=False)
+
+
+def test_the_last_step_is_saved_once_when_save_every_divides_it(packed, tmp_path, monkeypatch):
+    import jepa_fast.train as train_mod
+
+    saved = []
+    real = train_mod.ckpt.save
+    monkeypatch.setattr(train_mod.ckpt, "save",
+                        lambda run, step, *a, **k: saved.append(step) or real(run, step, *a, **k))
+    train(_run(max_steps=4, save_every=2), packed, tmp_path / "r", progress=False)
+    assert saved == [2, 4]
+    saved.clear()
+    train(_run(max_steps=5, save_every=2), packed, tmp_path / "r5", progress=False)
+    assert saved == [2, 4, 5]  # and a final save when the cadence does not land on the last step
