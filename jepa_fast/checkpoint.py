@@ -3,7 +3,8 @@
 A checkpoint is a folder ``<run>/checkpoints/step_0001234/`` holding
 
     state.pt       model (unwrapped from DDP and torch.compile; includes the EMA target projector),
-                   optimizer, scheduler, step, sampler position, resolved config
+                   optimizer, scheduler, step, sampler position, the config as asked for
+                   and what this machine resolved it to (precision, compile, threads, workers)
     rng_<rank>.pt  each process's torch / CUDA / numpy / python RNG states
 
 It is written into ``.step_0001234.tmp`` and renamed when complete; ``latest`` names the newest.
@@ -111,7 +112,7 @@ def load(path: Path, rank: int, map_location="cpu") -> tuple[dict, dict | None]:
 
 
 def load_model_weights(path: Path) -> tuple[dict, dict]:
-    """(model state dict, resolved config dict) of a checkpoint folder, a run folder (its latest) or a .pt."""
+    """(model state dict, run config dict) of a checkpoint folder, a run folder (its latest) or a .pt."""
     path = Path(path)
     if not path.exists():
         raise JepaFastError(f"{path}: no such checkpoint or run folder")

@@ -1,7 +1,9 @@
 """Machine-dependent defaults, resolved once, in one place: precision, compile, CPU threads, loader workers.
 
 Each ``auto`` setting is decided here from what the hardware can do, with a one-line reason that the
-trainer prints in its header, and the resolved values are what ``config.json`` records:
+trainer prints in its header. The run's ``config.json`` keeps what was asked for (``auto`` included);
+what this machine resolved it to goes to ``resolved.json`` and into every checkpoint, and a resumed
+run resolves ``auto`` again on its own machine (saying what changed):
 
     precision  bf16 on a CUDA device that supports it; fp16 (with loss scaling) on an older CUDA device;
                on a CPU, bf16 only where the CPU computes it natively (AVX512_BF16 or AMX, and torch
@@ -110,7 +112,10 @@ def dali_extra() -> tuple[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class Resolved:
-    """The resolved machine-dependent settings and why each was chosen."""
+    """What this machine resolved the run's machine-dependent settings to, and why each was chosen.
+
+    Kept apart from the run's config (which keeps what the user asked for, ``auto`` included): a run
+    resumed on another machine resolves ``auto`` again there."""
 
     precision: str
     compile: bool
@@ -123,20 +128,34 @@ class Resolved:
                 f"compile {'on' if self.compile else 'off'} ({self.why['compile']}) | "
                 f"threads {self.threads} ({self.why['threads']}) | workers {self.workers} ({self.why['workers']})")
 
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
-def resolve(run, device: torch.device):
-    """(run with every machine-dependent 'auto' replaced by its value, Resolved). Sets torch's thread count."""
+    def changes_from(self, before: dict | None) -> str:
+        """'precision no -> bf16, threads 2 -> 16' against an earlier resolution ('' if none or no change)."""
+        if not isinstance(before, dict):
+            return ""
+        fmt = {"compile": lambda v: "on" if v else "off"}
+        out = []
+        for name in ("precision", "compile", "threads", "workers"):
+            old, new = before.get(name), getattr(self, name)
+            if old is not None and old != new:
+                f = fmt.get(name, str)
+                out.append(f"{name} {f(old)} -> {f(new)} ({self.why[name]})")
+        return ", ".join(out)
+
+
+def resolve(run, device: torch.device) -> Resolved:
+    """Every machine-dependent setting of ``run`` (a RunConfig as asked for) resolved on this machine.
+
+    Sets torch's intra-op thread count; ``run`` itself is not changed."""
     precision, why_p = resolve_precision(run.train.precision, device)
     compile_on, why_c = resolve_compile(run.train.compile, device)
     threads, why_t = resolve_threads(run.train.threads)
     workers, why_w = resolve_workers(run.data.workers, device)
     torch.set_num_threads(threads)
-    run = dataclasses.replace(
-        run, train=dataclasses.replace(run.train, precision=precision, compile="on" if compile_on else "off",
-                                       threads=threads),
-        data=dataclasses.replace(run.data, workers=workers))
     why = {"precision": why_p, "compile": why_c, "threads": why_t, "workers": why_w}
-    return run, Resolved(precision, compile_on, threads, workers, why)
+    return Resolved(precision, compile_on, threads, workers, why)
 
 
 if __name__ == "__main__":  # python -m jepa_fast.hardware dali-extra: the pip extra `make install` picks

@@ -142,7 +142,7 @@ class Checkpointer:
             return self.last
         state = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
                  "scheduler": t.scheduler.state_dict(), "step": t.step, "sampler": self.sampler.state_dict(),
-                 "config": to_dict(t.run), "params": count_parameters(t.model)}
+                 "config": to_dict(t.run), "resolved": self.machine.as_dict(), "params": count_parameters(t.model)}
         self.last = ckpt.save(self.out, t.step, state, self.rank, self.world, t.accelerator.wait_for_everyone,
                               t.run.train.keep_checkpoints)
         self.saved_step = t.step
@@ -162,6 +162,8 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
     optimizer, schedule and data position; the model config comes with the weights); ``overwrite``
     replaces what a non-empty ``out`` holds. The run folder is locked (one writer) for the whole run.
 
+    ``run`` is the configuration as asked for: machine-dependent fields may be ``auto``, resolved here
+    for this machine (``hardware.resolve``) and recorded apart from it (``resolved.json``, checkpoints).
     """
     out = Path(out)
     rank, world, local_rank = _dist_env()
@@ -176,7 +178,7 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
         store = resolve_store(data)
         split = SplitData(store)  # data first: DALI's workers must fork before anything initialises CUDA
         loader = build_loader(split, run.data, device, rank=rank, world_size=world)
-        run, machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once; config.json records them
+        machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once
         if run.model.static_walls and not split.reader.attrs.get("walls_static", False):
             log.info("%s: wall images vary within trajectories; encoding every frame (model.static_walls off)", store)
             run = dataclasses.replace(run, model=dataclasses.replace(run.model, static_walls=False))
@@ -249,7 +251,7 @@ def _loop(t: Training, loader, split: SplitData, out: Path, machine: hardware.Re
         print(f"finished at step {t.step}{why.get(stop_reason, '')}: {final} | {seconds:.1f} s")
     return {"step": t.step, "checkpoint": str(final) if final else None, "seconds": seconds,
             "params": count_parameters(t.model), "stop": stop_reason, "compile_s": compile_s, "last": metrics.last,
-            "loader": loader.mode, "model": t.model}
+            "loader": loader.mode, "model": t.model, "resolved": machine.as_dict()}
 
 
 def _check_output(out: Path, resume: bool, overwrite: bool, init: Path | None) -> None:
@@ -317,7 +319,8 @@ def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, ran
             for old in out.iterdir():
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        atomic.atomic_write_text(out / "config.json", json.dumps(to_dict(run), indent=2))
+        atomic.atomic_write_text(out / "config.json", json.dumps(to_dict(run), indent=2))  # as asked: 'auto' kept
+        atomic.atomic_write_text(out / "resolved.json", json.dumps(machine.as_dict(), indent=2))  # on this machine
         if resume:  # steps logged after the checkpoint were lost with the kill: the log continues from it
             metrics_mod.truncate_jsonl(out / "metrics.jsonl", t.step)
     accelerator.wait_for_everyone()
@@ -351,6 +354,9 @@ def _restore(t: Training, out: Path, loader, rank: int, world: int, machine: har
     if rng is not None:
         ckpt.set_rng_state(rng)
     log.info("resumed from %s at step %d", found, t.step)
+    changed = machine.changes_from(state.get("resolved"))
+    if changed and t.accelerator.is_main_process:
+        print(f"resumed on a machine that resolves 'auto' differently: {changed}")
 
 
 def _epochs(loader) -> Iterator[Batch]:

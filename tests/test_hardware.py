@@ -89,6 +89,43 @@ def test_train_prints_and_records_the_resolved_precision(monkeypatch, tmp_path, 
     header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("jepa-fast train")][0]
     assert "precision no (auto: CPU without native bf16)" in header and "compile off (auto: CPU" in header
     assert "threads " in header and "workers 1 (auto" in header
-    saved = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert saved["train"]["precision"] == "no" and saved["train"]["compile"] == "off"
-    assert saved["data"]["workers"] == 1 and saved["train"]["threads"] >= 1
+    # what was asked for and what this machine made of it, kept apart
+    asked = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert asked["train"]["precision"] == "auto" and asked["train"]["compile"] == "auto"
+    assert asked["data"]["workers"] == 0 and asked["train"]["threads"] == 0
+    resolved = json.loads((tmp_path / "r" / "resolved.json").read_text())
+    assert resolved["precision"] == "no" and resolved["compile"] is False and resolved["workers"] == 1
+    assert resolved["why"]["precision"] == "auto: CPU without native bf16"
+
+
+def test_a_run_resumed_on_another_machine_resolves_auto_there(monkeypatch, tmp_path, tiny_root, capsys):
+    """Started on a CPU without native bf16 (fp32, 1 worker), resumed where 'auto' means bf16 and more threads:
+    the resumed run takes the new machine's settings and says what changed."""
+    from jepa_fast import checkpoint as ckpt
+    from jepa_fast.cli import build_parser, config_from_args
+    from jepa_fast.data.pack import pack_split
+    from jepa_fast.train import train
+
+    pack_split(tiny_root / "train", tmp_path / "train.zarr", progress=False)
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        _fake_cpu(monkeypatch, "AVX2", False)
+        monkeypatch.setattr(hardware, "_cores", lambda: 1)
+        run = apply_overrides(run_preset("tiny"), ["train.max_steps=4", "train.save_every=2"])
+        train(run, tmp_path, tmp_path / "r", progress=False, stop_at_step=2)
+        _fake_cpu(monkeypatch, "AVX512", True)  # the other machine: native bf16, two cores
+        monkeypatch.setattr(hardware, "_cores", lambda: 2)
+        capsys.readouterr()
+        args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "r"), "--resume"])
+        resumed = config_from_args(args)
+        assert resumed.train.precision == "auto" and resumed.train.threads == 0  # the request, not the old answer
+        out = train(resumed, tmp_path, tmp_path / "r", resume=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert out["step"] == 4 and out["resolved"]["precision"] == "bf16" and out["resolved"]["threads"] == 2
+    said = capsys.readouterr().out
+    assert "resolves 'auto' differently: precision no -> bf16 (auto: CPU with native bf16)" in said
+    assert "threads 1 -> 2" in said
+    state, _ = ckpt.load(ckpt.latest(tmp_path / "r"), 0)
+    assert state["config"]["train"]["precision"] == "auto" and state["resolved"]["precision"] == "bf16"

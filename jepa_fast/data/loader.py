@@ -235,7 +235,7 @@ def build_loader(store: Path | SplitData, cfg: DataConfig, device: torch.device,
                       shuffle=cfg.shuffle if shuffle is None else shuffle,
                       drop_last=cfg.drop_last if drop_last is None else drop_last,
                       augment=cfg.augment if augment else None, name=str(data.path))
-    workers, _ = resolve_workers(cfg.workers, torch.device(device))  # 0 = auto (the trainer resolved it already)
+    workers, _ = resolve_workers(cfg.workers, torch.device(device))  # 0 = auto, resolved for this device
     choice = cfg.loader
     if choice == "auto":
         # DALI earns its keep by decoding on the GPU; on a CPU device its CPU mode measured 2-4x slower
