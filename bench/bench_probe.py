@@ -37,7 +37,7 @@ def main() -> None:
         packed = packed_dataset(work, args.data_preset)
         run = apply_overrides(run_preset("ours-small"), [f"train.max_steps={args.train_steps}"])
         model = train(run, packed, work / "run", progress=False)["model"].to(device).eval()
-        precision = run.train.precision
+        precision = "fp32"  # the original evaluator's embeddings
         t = time.perf_counter()
         fast = probe_model(model, packed, ProbeConfig(cache=True), device, precision)
         t_fast = time.perf_counter() - t

@@ -14,6 +14,16 @@ from pathlib import Path
 from jepa_fast.config import SimConfig, dataset_preset, run_preset
 
 DEMO_PRESET = "ours-small"
+DATA = dataset_preset("small")
+
+
+def budget() -> str:
+    """What the demo trains on, in frames: the train split and the frames its epochs show the model."""
+    run = run_preset(DEMO_PRESET)
+    n, T = DATA.sizes["train"], DATA.seq_len
+    steps = run.train.epochs * (n // run.data.batch_size)
+    return (f"{n * T:,} frames ({n:,} trajectories x {T}), {run.train.epochs} epochs = "
+            f"{steps * run.data.batch_size * T:,} frames seen")
 
 
 def run_demo(out: Path, seed: int = 0, fresh: bool = False) -> dict:
@@ -26,8 +36,9 @@ def run_demo(out: Path, seed: int = 0, fresh: bool = False) -> dict:
     if not (raw / "dataset.json").exists():
         from jepa_fast.sim.generate import generate_dataset
 
-        print(f"[1/4] generate: small preset (6,912 trajectories) -> {raw}")
-        generate_dataset(raw, dataset_preset("small"), SimConfig(), seed=seed, overwrite=True)
+        print(f"[1/4] generate: small preset ({sum(DATA.sizes.values()):,} trajectories in {len(DATA.sizes)} splits) "
+              f"-> {raw}")
+        generate_dataset(raw, DATA, SimConfig(), seed=seed, overwrite=True)
     else:
         print(f"[1/4] generate: reusing {raw}")
 
@@ -69,8 +80,10 @@ def run_demo(out: Path, seed: int = 0, fresh: bool = False) -> dict:
     trajectory_grid(np.asarray(d["states"][:4]), np.asarray(d["locations"][:4]), out / "sample_train.png")
     print()
     print(format_table(res["losses"]))
-    print("\n(The reference numbers come from 15 epochs over 2.5M frames on a GPU; this demo trains a few minutes "
-          "on 146k frames, so expect higher errors: well below chance, above the reference.)")
+    full = dataset_preset("full")
+    frames = full.sizes["train"] * full.seq_len
+    print(f"\n(The reference numbers come from 15 epochs over {frames / 1e6:.1f}M frames on a GPU; this demo "
+          f"trains a few minutes on {budget()}, so expect higher errors: well below chance, above the reference.)")
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Look at:\n"
           f"  {out / 'sample_train.png'}                 the data\n"
           f"  {run_dir / 'loss.png'}                   training loss terms\n"

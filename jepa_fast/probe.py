@@ -57,6 +57,8 @@ TRAIN_SETS = {"normal": "probe_normal/train", "expert": "probe_expert/train"}
 # the reference project's published numbers (Lake-Wang, 477,664 params) and chance (a constant prober)
 REFERENCE = {"probe_normal": 3.159, "probe_wall": 6.307, "wall_other": 7.060, "expert": 15.251}
 CHANCE = {"probe_normal": "~258-266", "probe_wall": "~186-191", "wall_other": "-", "expert": "-"}
+EMBEDDING_PRECISIONS = ("fp32", "bf16", "fp16")
+"""Precisions the rollout embeddings can be computed in (fp32 is the original evaluator's)."""
 
 
 def normalize(loc: torch.Tensor) -> torch.Tensor:
@@ -223,6 +225,8 @@ def probe_model(model: nn.Module, data_root: Path, cfg: ProbeConfig | None = Non
                 precision: str = "fp32") -> dict:
     """Run the protocol on any model with the evaluator interface; returns losses and per-timestep curves."""
     cfg = cfg or ProbeConfig()
+    if precision not in EMBEDDING_PRECISIONS:
+        raise JepaFastError(f"embedding precision {precision!r}: use {', '.join(EMBEDDING_PRECISIONS)}")
     device = device or next(model.parameters()).device
     for split in list(TRAIN_SETS.values()) + [s for _, s in VAL_SETS.values()]:
         _split_store(data_root, split)
@@ -310,8 +314,8 @@ def run_probe(checkpoint: Path, data_root: Path, out: Path | None = None, cfg: P
     """
     from jepa_fast.model import count_parameters
 
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise JepaFastError(f"--precision {precision}: use fp32, bf16 or fp16")
+    if precision not in EMBEDDING_PRECISIONS:
+        raise JepaFastError(f"--precision {precision}: use {', '.join(EMBEDDING_PRECISIONS)}")
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise JepaFastError(f"--device {device}: no CUDA device here; use --device cpu")
     try:

@@ -159,3 +159,10 @@ def test_cli_writes_metrics_txt_in_the_original_format(packed_root, tmp_path, ca
         assert (tmp_path / "run" / "probe" / png).exists()
     assert "| probe_normal |" in capsys.readouterr().out
     assert cli.main(["probe", str(tmp_path / "run"), "--data", str(tmp_path / "nowhere")]) == 2
+
+
+def test_embedding_precision_must_be_one_the_protocol_knows(packed_root):
+    from jepa_fast.errors import JepaFastError
+
+    with pytest.raises(JepaFastError, match="embedding precision 'auto': use fp32, bf16, fp16"):
+        P.probe_model(JEPA(model_preset("reference")).eval(), packed_root, precision="auto")
