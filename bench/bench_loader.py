@@ -12,7 +12,7 @@
 (c) the torch fallback: host mode (decode per batch) and device-resident mode (decoded split held
     on the device, gathered per batch), without and with augmentation.
 Our loaders deliver uint8 frames (B, T, C, H, W) on the device: the cast, per-channel scale,
-brightness and noise are folded into the compiled training step (``batch.finish_states``).
+brightness and noise are folded into the compiled training step (``JEPA.encode_stored``).
 Figures are the median per-epoch frames/s over --epochs epochs after one warm-up epoch.
 
 Targets (issue 4), 2-core CPU: fastest loader >= 20x naive, DALI CPU mode >= 10x naive with

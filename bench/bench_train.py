@@ -109,7 +109,8 @@ def reference_loop(split: Path, batch: int, warmup: int, steps: int, window: int
             continue
         if done >= warmup:
             wait += time.perf_counter() - tw
-        pred, lat, pp, pt = model.training_outputs(states, actions, "teacher")
+        latents = model.encode_stored(states, torch.ones(states.shape[2], device=device))  # raw float frames
+        pred, lat, pp, pt = model.predict_for_training(latents, actions, "teacher")
         loss = jepa_loss(pred, lat, pp, pt, cfg)["loss"]
         opt.zero_grad()
         loss.backward()

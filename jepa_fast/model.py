@@ -8,7 +8,8 @@ trainable parameters); ``ours`` has the same parameters and a residual predictor
 Interface of the original evaluator: ``model(states, actions)`` with states (B, 1, C, H, W) in the
 raw value units of the .npy files and actions (B, T-1, 2) returns the predicted embeddings
 (B, T, D) for t = 0..T-1 by autoregressive rollout; ``model.repr_dim`` is D. Training calls
-``training_outputs`` instead (teacher forcing or rollout, plus the projections the loss needs).
+``encode_stored`` (the one path from stored frames to latents, which ``forward`` also takes) and
+``predict_for_training`` (teacher forcing or rollout, plus the projections the loss needs).
 """
 
 from __future__ import annotations
@@ -51,10 +52,6 @@ class Encoder(nn.Module):
         self.agent = ConvBranch(cfg.encoder_widths, half)
         self.walls = ConvBranch(cfg.encoder_widths, cfg.repr_dim - half)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (N, C, H, W) normalised -> latents (N, D)."""
-        return torch.cat([self.agent(frames[:, 0:1]), self.walls(frames[:, 1:2])], dim=1)
-
 
 # ---------------------------------------------------------------------------------------------
 # The world model
@@ -80,25 +77,32 @@ class JEPA(nn.Module):
         # raw value units -> roughly [0, 1] per channel (agent peak and wall value are 1/(2 pi sigma^2))
         self.register_buffer("input_scale", torch.full((2,), cfg.input_scale), persistent=True)
 
-    # -- pieces ---------------------------------------------------------------------------------
-    def normalize(self, states: torch.Tensor) -> torch.Tensor:
-        """states (..., C, H, W) in raw value units -> model input."""
-        return states * self.input_scale.to(states.dtype).view(2, 1, 1)
+    # -- the one path from stored frames to latents ---------------------------------------------
+    def encode_stored(self, states: torch.Tensor, scale: torch.Tensor, brightness: torch.Tensor | None = None,
+                      noise_std: torch.Tensor | None = None, noise: bool = False) -> torch.Tensor:
+        """Frames as stored (B, T, C, H, W) -> latents (B, T, D). Training, probing (through ``forward``)
+        and the FLOP counter all come through here.
 
-    def encode(self, states: torch.Tensor) -> torch.Tensor:
-        """states (B, T, C, H, W) raw units -> latents (B, T, D)."""
-        x = self.normalize(states)
-        return self.encode_normalized(x[:, :, 0:1], x[:, :, 1:2])
-
-    def encode_normalized(self, agent: torch.Tensor, walls: torch.Tensor) -> torch.Tensor:
-        """agent (B, T, 1, H, W) and walls (B, T or 1, 1, H, W), already x input_scale -> latents (B, T, D).
-
-        The wall image is the same in every frame of a trajectory (spec §1): with ``static_walls`` (or a
-        one-frame walls tensor) the wall branch encodes only the first frame and broadcasts it over T.
+        ``states`` are uint8 from a store with its per-channel ``scale`` (C,) (value = uint8 x scale, raw
+        units), or raw-unit floats with scale 1. Encoder input = value x brightness[b] (+ noise) x
+        input_scale[c], computed in one multiply per channel on the device (inside the compiled step).
+        With ``noise``: Gaussian, std noise_std[b] x the channel's full range (255 x scale[c]).
+        ``static_walls`` encodes only the first wall frame and broadcasts it over T.
         """
-        B, T = agent.shape[:2]
+        B, T = states.shape[:2]
+        factor = scale.to(states.device, torch.float32) * self.input_scale  # (C,)
+        gain = factor.view(1, 1, -1, 1, 1)
+        if brightness is not None:
+            gain = gain * brightness.to(torch.float32).view(-1, 1, 1, 1, 1)  # (B or 1, 1, C, 1, 1)
+        static = self.cfg.static_walls and T > 1
+        agent = states[:, :, 0:1] * gain[:, :, 0:1]  # (B, T, 1, H, W): the uint8 cast and scale in one pass
+        walls = (states[:, :1, 1:2] if static else states[:, :, 1:2]) * gain[:, :, 1:2]  # (B, 1 or T, 1, H, W)
+        if noise:
+            std = noise_std.to(torch.float32).view(-1, 1, 1, 1, 1) * (255 * factor.view(1, 1, -1, 1, 1))
+            agent = agent + std[:, :, 0:1] * torch.randn_like(agent)
+            walls = walls + std[:, :, 1:2] * torch.randn_like(walls)
         a = self.encoder.agent(agent.flatten(0, 1)).view(B, T, -1)  # (B, T, D/2)
-        if (self.cfg.static_walls and T > 1) or walls.shape[1] == 1:
+        if static:
             w = self.encoder.walls(walls[:, 0])  # (B, D/2)
             w = w[:, None].expand(B, T, w.shape[-1])  # (B, T, D/2)
         else:
@@ -106,15 +110,6 @@ class JEPA(nn.Module):
         return torch.cat([a, w], dim=-1)  # (B, T, D)
 
     # -- training path: teacher forcing --------------------------------------------------------
-    def teacher_forcing(self, states: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """All frames encoded; the GRU sees the true latent at every step.
-
-        Args: states (B, T, C, H, W) raw units; actions (B, T-1, 2).
-        Returns: predicted (B, T, D) = [s_0, predictions for t = 1..T-1] and latents s (B, T, D).
-        """
-        s = self.encode(states)  # (B, T, D)
-        return self._teacher_predict(s, actions), s
-
     def _teacher_predict(self, s: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Latents s (B, T, D), actions (B, T-1, 2) -> [s_0, one-step predictions from the true latents] (B, T, D)."""
         with _fp32(s):
@@ -148,13 +143,9 @@ class JEPA(nn.Module):
 
         Only the first frame is used: the rest is predicted by rollout from it.
         """
-        s0 = self.encode(states[:, :1])[:, 0]  # (B, D)
+        ones = torch.ones(states.shape[2], device=states.device)
+        s0 = self.encode_stored(states[:, :1], ones)[:, 0]  # (B, D)
         return self.rollout(s0, actions)
-
-    def training_outputs(self, states: torch.Tensor, actions: torch.Tensor, prediction: str = "teacher"
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The training path from raw frames (B, T, C, H, W): see ``predict_for_training``."""
-        return self.predict_for_training(self.encode(states), actions, prediction)
 
     def predict_for_training(self, latents: torch.Tensor, actions: torch.Tensor, prediction: str = "teacher"
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -193,14 +184,14 @@ def count_parameters(model: nn.Module) -> int:
 
 def training_flops(cfg: ModelConfig, prediction: str, frame_shape: tuple[int, int, int, int]) -> float:
     """Model FLOPs of one training step (forward + backward) per trajectory of frame_shape (T, C, H, W):
-    counted once on a batch of 2 and halved (for MFU)."""
+    counted once on a batch of 2 stored (uint8) trajectories and halved (for MFU)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     T, C, H, W = frame_shape
     model = JEPA(cfg)
-    x = torch.zeros(2, T, C, H, W)
-    a = torch.zeros(2, T - 1, 2)
+    states = torch.zeros(2, T, C, H, W, dtype=torch.uint8)
     with FlopCounterMode(display=False) as counter:
-        outs = model.training_outputs(x, a, prediction)
+        latents = model.encode_stored(states, torch.ones(C))
+        outs = model.predict_for_training(latents, torch.zeros(2, T - 1, 2), prediction)
         sum(o.float().sum() for o in outs).backward()
     return counter.get_total_flops() / 2

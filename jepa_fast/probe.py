@@ -38,7 +38,6 @@ import torch.nn as nn
 
 from jepa_fast import atomic
 from jepa_fast.config import ProbeConfig
-from jepa_fast.data.batch import finish_states
 from jepa_fast.data.reader import SplitData
 from jepa_fast.errors import JepaFastError
 
@@ -128,13 +127,7 @@ class SplitEmbeddings:
     def _compute(self, idx: np.ndarray) -> torch.Tensor:
         """Rollout embeddings (len(idx), T, D) float32 on CPU (computed in fp32 unless asked otherwise)."""
         d = self.data
-        frames = np.empty((len(idx), 1, d.C, d.H, d.W), dtype=np.uint8)
-        buf = np.empty(d.frame_shape, dtype=np.uint8)
-        for j, i in enumerate(idx):  # only the first frame is needed
-            frames[j, 0] = d.reader.decode(int(i), buf)[0]
-        states = torch.from_numpy(frames).to(self.device)
-        ones = torch.ones(len(idx), device=self.device)
-        x = finish_states(states, d.scale, ones, torch.zeros_like(ones))  # (B, 1, C, H, W) raw units
+        x = torch.from_numpy(d.first_frames(idx)).to(self.device)  # (B, 1, C, H, W) raw units: the evaluator's input
         actions = torch.from_numpy(np.asarray(d.actions[idx], dtype=np.float32)).to(self.device)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.precision in ("bf16", "fp16")):  # fp32 default

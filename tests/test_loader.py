@@ -75,7 +75,7 @@ def test_batch_contract(data):
     assert b.states.shape == (32, 17, 2, 65, 65) and b.states.dtype == torch.uint8
     assert b.actions.shape == (32, 16, 2) and b.actions.dtype == torch.float32
     assert b.locations.shape == (32, 17, 2) and b.indices.dtype == torch.int64
-    x = b.float_states()
+    x = b.states * b.scale.view(1, 1, -1, 1, 1)  # value = uint8 x scale: raw units
     assert x.dtype == torch.float32 and float(x.max()) == pytest.approx(0.0942, abs=5e-4)
 
 

@@ -32,7 +32,8 @@ def test_shapes_of_both_paths(S):
     m = JEPA(model_preset("reference")).eval()
     states = torch.rand(3, 17, 2, S, S) * 0.094
     actions = torch.randn(3, 16, 2)
-    pred, lat = m.teacher_forcing(states, actions)
+    lat = m.encode_stored(states, torch.ones(2))
+    pred = m.predict_for_training(lat, actions, "teacher")[0]
     assert pred.shape == (3, 17, 128) and lat.shape == (3, 17, 128)
     torch.testing.assert_close(pred[:, 0], lat[:, 0])
     out = m(states[:, :1], actions)  # the evaluator's call
@@ -50,7 +51,7 @@ def test_rollout_step_one_equals_teacher_forced_step_one(preset):
     m = JEPA(model_preset(preset)).eval()
     states = torch.rand(4, 9, 2, 65, 65) * 0.094
     actions = torch.randn(4, 8, 2)
-    pred, _ = m.teacher_forcing(states, actions)
+    pred = m.predict_for_training(m.encode_stored(states, torch.ones(2)), actions, "teacher")[0]
     roll = m(states[:, :1], actions)
     torch.testing.assert_close(roll[:, :2], pred[:, :2], rtol=1e-5, atol=1e-6)
     assert (roll[:, 2:] - pred[:, 2:]).abs().max() > 1e-4  # later steps differ: feedback vs truth
@@ -61,12 +62,12 @@ def test_training_paths_return_projections():
     m = JEPA(model_preset("ours")).eval()
     states = torch.rand(2, 6, 2, 65, 65) * 0.094
     actions = torch.randn(2, 5, 2)
-    pred_r, lat_r, pp, pt = m.training_outputs(states, actions, "rollout")
+    pred_r, lat_r, pp, pt = m.predict_for_training(m.encode_stored(states, torch.ones(2)), actions, "rollout")
     torch.testing.assert_close(pred_r, m(states[:, :1], actions))  # rollout training = evaluation path
     torch.testing.assert_close(pp, m.projector(pred_r))
     torch.testing.assert_close(pt, m.target_projector(lat_r))
     with pytest.raises(ValueError, match="prediction 'sideways'"):
-        m.training_outputs(states, actions, "sideways")
+        m.predict_for_training(lat_r, actions, "sideways")
     assert isinstance(m(states[:, :1], actions), torch.Tensor)  # the evaluator's call: one tensor, always
 
 
@@ -208,3 +209,4 @@ def test_triton_kernels_with_the_rows_split_over_many_programs(shape, monkeypatc
     var_r, cov_r = L.var_cov_reference(z.detach())
     torch.testing.assert_close(cov, cov_r, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(var, var_r, rtol=1e-5, atol=1e-6)
+

@@ -2,8 +2,8 @@
 
 A loader delivers uint8 frames, already flipped as the sampler decided, with actions and locations
 transformed to match. Turning frames into model input (cast, per-channel scale, brightness, noise)
-is elementwise work that ``finish_states`` does on the training device, inside the compiled step,
-where it fuses with the first convolution's input read instead of moving 4x the bytes.
+is elementwise work that the model does on the training device (``JEPA.encode_stored``, inside the
+compiled step), where it fuses with the first convolution's input read instead of moving 4x the bytes.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ class Batch:
 
     def __len__(self) -> int:
         return self.states.shape[0]
-
-    def float_states(self, dtype: torch.dtype = torch.float32, noise: bool = False) -> torch.Tensor:
-        """Frames in raw value units, augmented (see ``finish_states``)."""
-        return finish_states(self.states, self.scale, self.brightness, self.noise_std, dtype, noise)
 
 
 def flip_actions_locations(actions: np.ndarray, locations: np.ndarray | None, flip_lr: np.ndarray,
@@ -54,22 +50,6 @@ def flipped(frames: np.ndarray, lr: bool, ud: bool) -> np.ndarray:
     if ud:
         frames = frames[..., ::-1, :]
     return frames
-
-
-def finish_states(states: torch.Tensor, scale: torch.Tensor, brightness: torch.Tensor, noise_std: torch.Tensor,
-                  dtype: torch.dtype = torch.float32, noise: bool = False) -> torch.Tensor:
-    """uint8 frames (B, T, C, H, W) -> raw value units with brightness (and, if ``noise``, noise) applied.
-
-    value = uint8 x scale[c] x brightness[b]; noise is drawn from torch's generator on the frames'
-    device (checkpointed with the run) with std noise_std[b] x the channel's full range (255 x scale[c]).
-    Pass noise=False when no augmentation config can produce noise: it skips a full-size randn.
-    """
-    scale = scale.to(states.device, dtype).view(1, 1, -1, 1, 1)
-    x = states * (scale * brightness.to(dtype).view(-1, 1, 1, 1, 1))  # uint8 x float: cast and scale in one pass
-    if not noise:
-        return x
-    std = noise_std.to(dtype).view(-1, 1, 1, 1, 1) * (scale * 255)
-    return x + std * torch.randn_like(x)
 
 
 def flip_on_device(states: torch.Tensor, flip_lr: torch.Tensor, flip_ud: torch.Tensor) -> torch.Tensor:

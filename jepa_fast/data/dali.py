@@ -16,7 +16,7 @@ trajectories in Python:
     DALIGenericIterator --> (GPU mode) flips on the device (``torch.where``: no host sync) --> Batch
 
 Cast, per-channel scale, brightness and noise are elementwise and happen in the compiled training
-step (``batch.finish_states``), fused with the first read of the frames.
+step (``JEPA.encode_stored``), fused with the first read of the frames.
 
 Workers are forked unless the CUDA driver is already initialised in this process (DALI's own test,
 ``nvidia.dali.backend.IsDriverInitialized``: ``torch.cuda.is_available()`` initialises the driver

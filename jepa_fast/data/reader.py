@@ -320,6 +320,16 @@ class SplitData:
             np.copyto(out[j], flipped(self.reader.decode(int(i), tmp), lr, ud))
         return out
 
+    def first_frames(self, indices: np.ndarray) -> np.ndarray:
+        """The first frame of trajectories ``indices`` in raw value units (uint8 x scale): (len, 1, C, H, W)
+        float32, what the original evaluator hands the model."""
+        out = np.empty((len(indices), 1, self.C, self.H, self.W), dtype=np.float32)
+        buf = np.empty(self.frame_shape, dtype=np.uint8)
+        scale = self.reader.scale.astype(np.float32).reshape(-1, 1, 1)
+        for j, i in enumerate(indices):
+            np.multiply(self.reader.decode(int(i), buf)[0], scale, out=out[j, 0])
+        return out
+
     def small_arrays(self, plan: Plan) -> tuple[np.ndarray, np.ndarray | None]:
         """Actions and locations of a plan's trajectories, flipped as the plan says."""
         idx = plan.indices
