@@ -86,8 +86,11 @@ class JEPA(nn.Module):
         ``states`` are uint8 from a store with its per-channel ``scale`` (C,) (value = uint8 x scale, raw
         units), or raw-unit floats with scale 1. Encoder input = value x brightness[b] (+ noise) x
         input_scale[c], computed in one multiply per channel on the device (inside the compiled step).
-        With ``noise``: Gaussian, std noise_std[b] x the channel's full range (255 x scale[c]).
-        ``static_walls`` encodes only the first wall frame and broadcasts it over T.
+        With ``noise``: Gaussian, std noise_std[b] x the channel's full range (255 x scale[c]); fresh per
+        frame for the agent, one image per trajectory for the wall channel, which is static over a
+        trajectory. ``static_walls`` encodes only the first wall frame and broadcasts it over T; with the
+        same noise rule in both paths, encoding it once or T times differs only in BatchNorm's
+        running-variance correction (n/(n-1) over B vs B*T frames; tests/test_model_loss.py).
         """
         B, T = states.shape[:2]
         factor = scale.to(states.device, torch.float32) * self.input_scale  # (C,)
@@ -100,7 +103,7 @@ class JEPA(nn.Module):
         if noise:
             std = noise_std.to(torch.float32).view(-1, 1, 1, 1, 1) * (255 * factor.view(1, 1, -1, 1, 1))
             agent = agent + std[:, :, 0:1] * torch.randn_like(agent)
-            walls = walls + std[:, :, 1:2] * torch.randn_like(walls)
+            walls = walls + std[:, :, 1:2] * torch.randn_like(walls[:, :1])  # one image per trajectory
         a = self.encoder.agent(agent.flatten(0, 1)).view(B, T, -1)  # (B, T, D/2)
         if static:
             w = self.encoder.walls(walls[:, 0])  # (B, D/2)

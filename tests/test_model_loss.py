@@ -210,3 +210,38 @@ def test_triton_kernels_with_the_rows_split_over_many_programs(shape, monkeypatc
     torch.testing.assert_close(cov, cov_r, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(var, var_r, rtol=1e-5, atol=1e-6)
 
+
+def test_static_walls_encoded_once_equal_every_frame_even_with_noise():
+    """Encoding the wall channel once (static_walls) or at every frame gives the same latents, noise included
+    (the wall channel's noise is one image per trajectory in both paths); BatchNorm's running variance differs
+    by exactly its n/(n-1) correction (n = B*h*w frames once, B*T*h*w at every frame), and nothing else."""
+    torch.manual_seed(0)
+    once = JEPA(model_preset("reference", static_walls=True)).train()
+    every = JEPA(model_preset("reference", static_walls=False)).train()
+    every.load_state_dict(once.state_dict())
+    B, T, S = 3, 5, 33
+    agent = torch.randint(0, 255, (B, T, 1, S, S), dtype=torch.uint8)
+    walls = torch.randint(0, 2, (B, 1, 1, S, S), dtype=torch.uint8).mul(255).expand(B, T, 1, S, S)
+    states = torch.cat([agent, walls], dim=2)
+    scale, bright = torch.full((2,), 0.0942 / 255), torch.tensor([1.0, 0.9, 1.1])
+    noise_std = torch.tensor([0.02, 0, 0.05])
+    for bn in once.encoder.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.register_forward_pre_hook(lambda mod, inp: setattr(mod, "hw", inp[0].shape[-2] * inp[0].shape[-1]))
+    outs = []
+    for m in (once, every):
+        torch.manual_seed(1)
+        outs.append(m.encode_stored(states, scale, bright, noise_std, noise=True))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(once.encoder.named_modules(), every.encoder.modules()):
+        if not isinstance(a, torch.nn.BatchNorm2d):
+            continue
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-5, atol=1e-7)
+        if name.startswith("agent"):
+            torch.testing.assert_close(a.running_var, b.running_var)
+            continue
+        n = B * a.hw  # frames x pixels in the batch statistics of the once-encoded wall branch
+        m = a.momentum
+        biased = (a.running_var - (1 - m)) / m * (n - 1) / n
+        torch.testing.assert_close(b.running_var, (1 - m) + m * biased * (n * T) / (n * T - 1), rtol=1e-5, atol=1e-7)
+        assert not torch.allclose(a.running_var, b.running_var, rtol=1e-7, atol=0)  # the correction is real

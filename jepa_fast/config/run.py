@@ -116,8 +116,9 @@ class ModelConfig:
     static_walls: bool = True
     """Encode the wall channel once per trajectory and broadcast it over T. Exact when the wall image
     is constant over a trajectory (true of the two-rooms data, and checked at pack time: the trainer
-    turns this off for a store whose attrs say otherwise). Halves the wall branch's cost ~T x;
-    the only difference is BatchNorm's running-variance correction (B vs B*T samples)."""
+    turns this off for a store whose attrs say otherwise). Cuts the wall branch's cost ~T x. Noise
+    augmentation gives the wall channel one noise image per trajectory either way, so the only
+    difference is BatchNorm's running-variance correction (n/(n-1) over B vs B*T frames; tested)."""
     input_scale: float = 10.6165
     """Multiplies raw frame values before the encoder: 1 / (1 / (2 pi 1.3^2)) maps the real data's
     agent peak and wall value (0.0942) to 1."""
