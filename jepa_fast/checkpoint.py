@@ -13,6 +13,7 @@ Only complete checkpoints are ever read.
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 from jepa_fast import atomic
 from jepa_fast.config import flat_config
 from jepa_fast.errors import JepaFastError
+
+log = logging.getLogger(__name__)
 
 
 def ckpt_dir(run: Path) -> Path:
@@ -109,6 +112,33 @@ def load(path: Path, rank: int, map_location="cpu") -> tuple[dict, dict | None]:
     rng_file = path / f"rng_{rank}.pt"
     rng = torch.load(rng_file, weights_only=False) if rng_file.exists() else None
     return state, rng
+
+
+def restore(run: Path, rank: int, world: int, config: dict, model, optimizer, scheduler, sampler
+            ) -> tuple[int, dict | None]:
+    """Load the latest checkpoint of ``run`` into these live objects (and this rank's RNG state), after
+    checking that it may continue a run of ``config`` with ``world`` processes.
+
+    Returns (its step, the machine resolution it was saved with, or None if it predates that record)."""
+    found = latest(run)
+    if found is None:
+        raise JepaFastError(f"--resume: no checkpoint in {ckpt_dir(run)}")
+    state, rng = load(found, rank)
+    if "optimizer" not in state:
+        raise JepaFastError(f"{found}: holds model weights only (imported), nothing to resume; start a fine-tune "
+                            f"with --init {run} and another --out")
+    check_unchanged(state["config"], config, found)
+    if state["world_size"] != world:
+        raise JepaFastError(f"{found}: saved with {state['world_size']} processes, resuming with {world}; "
+                            "resume with the same number")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    sampler.load_state_dict(state["sampler"])
+    if rng is not None:
+        set_rng_state(rng)
+    log.info("resumed from %s at step %d", found, state["step"])
+    return state["step"], state.get("resolved")
 
 
 def load_model_weights(path: Path) -> tuple[dict, dict]:

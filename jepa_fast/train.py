@@ -328,26 +328,9 @@ def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, ran
 
 
 def _restore(t: Training, out: Path, loader, rank: int, world: int, machine: hardware.Resolved) -> None:
-    found = ckpt.latest(out)
-    if found is None:
-        raise JepaFastError(f"--resume: no checkpoint in {ckpt.ckpt_dir(out)}")
-    state, rng = ckpt.load(found, rank)
-    if "optimizer" not in state:
-        raise JepaFastError(f"{found}: holds model weights only (imported), nothing to resume; start a fine-tune "
-                            f"with --init {out} and another --out")
-    ckpt.check_unchanged(state["config"], to_dict(t.run), found)
-    if state["world_size"] != world:
-        raise JepaFastError(f"{found}: saved with {state['world_size']} processes, resuming with {world}; "
-                            "resume with the same number")
-    t.model.load_state_dict(state["model"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
-    loader.sampler.load_state_dict(state["sampler"])
-    t.step = state["step"]
-    if rng is not None:
-        ckpt.set_rng_state(rng)
-    log.info("resumed from %s at step %d", found, t.step)
-    changed = machine.changes_from(state.get("resolved"))
+    t.step, resolved_before = ckpt.restore(out, rank, world, to_dict(t.run), t.model, t.optimizer, t.scheduler,
+                                           loader.sampler)
+    changed = machine.changes_from(resolved_before)
     if changed and t.accelerator.is_main_process:
         print(f"resumed on a machine that resolves 'auto' differently: {changed}")
 

@@ -104,3 +104,23 @@ def test_sampler_moves_only_as_batches_are_handed_out():
     # DALI's view: a pipeline started mid-epoch counts its own epochs and iterations
     assert s.plan_at((0, 1), 0, 1).step == 2 and s.plan_at((0, 1), 0, 2) is None
     assert (s.plan_at((0, 1), 1, 0).epoch, s.plan_at((0, 1), 1, 0).step) == (1, 0)
+
+
+LAYERS = {
+    # the store reader knows nothing of sampling or augmentation: loaders execute plans (data/batch.py)
+    "jepa_fast.data.reader": ("jepa_fast.data.sampler", "jepa_fast.data.batch", "jepa_fast.data.loader",
+                              "jepa_fast.data.dali"),
+    # the model owns its input path and knows nothing of stores or loaders
+    "jepa_fast.model": ("jepa_fast.data",),
+    # metrics log numbers; the FLOP count belongs with the model, the config helpers with the config
+    "jepa_fast.metrics": ("jepa_fast.model", "jepa_fast.train"),
+    "jepa_fast.checkpoint": ("jepa_fast.metrics", "jepa_fast.train"),
+}
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_lower_layers_do_not_import_higher_ones(module):
+    mods = _modules()
+    imported = _imports(module, mods[module], set(mods))
+    bad = sorted(i for i in imported for f in LAYERS[module] if i == f or i.startswith(f + "."))
+    assert not bad, f"{module} imports {bad}"

@@ -283,6 +283,7 @@ def test_the_trainer_builds_the_loader_before_anything_initialises_cuda(store, t
 def test_the_gpu_feed_hands_inflate_exactly_the_raw_lz4_blocks(data):
     import lz4.block
 
+    from jepa_fast.data.batch import plan_arrays
     from jepa_fast.data.dali import ChunkTable, _BatchSource
     from jepa_fast.data.sampler import Sampler
 
@@ -299,7 +300,7 @@ def test_the_gpu_feed_hands_inflate_exactly_the_raw_lz4_blocks(data):
         block = rows[offsets[j]:offsets[j] + sizes[j]].tobytes()
         frames = np.frombuffer(lz4.block.decompress(block, uncompressed_size=T_ * C * H * W), np.uint8)
         np.testing.assert_array_equal(frames.reshape(T_, C, H, W), data.reader.decode(int(i)))
-    ref_a, ref_l = data.small_arrays(plan)
+    ref_a, ref_l = plan_arrays(data, plan)
     np.testing.assert_array_equal(actions, ref_a)
     np.testing.assert_array_equal(loc, ref_l)
 

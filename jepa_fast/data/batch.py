@@ -1,4 +1,5 @@
-"""The Batch contract every loader delivers, and the augmentation arithmetic loaders share.
+"""The Batch contract every loader delivers, and what loaders share to execute a plan: its flips on frames
+(decoding straight into flipped order, or on the device) and on actions/locations.
 
 A loader delivers uint8 frames, already flipped as the sampler decided, with actions and locations
 transformed to match. Turning frames into model input (cast, per-channel scale, brightness, noise)
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from jepa_fast.data.reader import SplitData
+from jepa_fast.data.sampler import Plan
 
 
 @dataclass
@@ -58,3 +62,26 @@ def flip_on_device(states: torch.Tensor, flip_lr: torch.Tensor, flip_ud: torch.T
     ud = flip_ud.to(torch.bool).view(-1, 1, 1, 1, 1)
     states = torch.where(lr, states.flip(-1), states)
     return torch.where(ud, states.flip(-2), states)
+
+
+def plan_arrays(data: SplitData, plan: Plan) -> tuple[np.ndarray, np.ndarray | None]:
+    """Actions (B, T-1, 2) and locations (B, T, 2) or None of a plan's trajectories, flipped as the plan says."""
+    idx = plan.indices
+    loc = None if data.locations is None else data.locations[idx]
+    return flip_actions_locations(data.actions[idx], loc, plan.flip_lr, plan.flip_ud, data.W)
+
+
+def decode_flipped(data: SplitData, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray,
+                   flip_ud: np.ndarray) -> np.ndarray:
+    """Decode trajectories ``indices`` into out (len(indices), T, C, H, W) uint8, flipped as the masks say.
+
+    A flipped trajectory is decoded into a cache-resident scratch buffer and copied out reversed
+    (one pass over the output instead of decode + a separate flip pass).
+    """
+    tmp = np.empty(data.frame_shape, dtype=np.uint8)
+    for j, i in enumerate(indices):
+        if not (flip_lr[j] or flip_ud[j]):
+            data.reader.decode(int(i), out[j])
+            continue
+        np.copyto(out[j], flipped(data.reader.decode(int(i), tmp), flip_lr[j], flip_ud[j]))
+    return out

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from jepa_fast.data.batch import Batch, flip_on_device
+from jepa_fast.data.batch import Batch, decode_flipped, flip_on_device, plan_arrays
 from jepa_fast.data.reader import SplitData
 from jepa_fast.data.sampler import Sampler
 from jepa_fast.errors import JepaFastError
@@ -100,9 +100,9 @@ class _BatchSource:
             extra = (offsets, sizes)
         else:  # CPU mode: decoding is per trajectory anyway, and flipping while copying out costs nothing more
             frames = np.empty((B,) + self.frame_shape, dtype=np.uint8)
-            self.data.decode_into(idx, frames, plan.flip_lr, plan.flip_ud)
+            decode_flipped(self.data, idx, frames, plan.flip_lr, plan.flip_ud)
             extra = ()
-        actions, loc = self.data.small_arrays(plan)
+        actions, loc = plan_arrays(self.data, plan)
         if loc is None:
             loc = np.zeros((B, self.frame_shape[0], 2), np.float32)
         position = np.array([plan.epoch, plan.step], np.int64)

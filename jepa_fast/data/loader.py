@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from jepa_fast.config import DataConfig
-from jepa_fast.data.batch import Batch, flip_on_device, flipped
+from jepa_fast.data.batch import Batch, decode_flipped, flip_on_device, flipped, plan_arrays
 from jepa_fast.data.reader import SplitData
 from jepa_fast.data.sampler import Plan, Sampler
 from jepa_fast.errors import JepaFastError
@@ -171,7 +171,7 @@ class TorchLoader:
 
     def _produce(self, plan: Plan) -> Batch:
         d = self.data
-        actions, locations = d.small_arrays(plan)
+        actions, locations = plan_arrays(d, plan)
         if self.frames is not None and self.device.type == "cpu":
             # resident in RAM: gather with flipped views straight into a ring buffer, on worker threads
             out = self._host_buffer(len(plan.indices), False)
@@ -192,8 +192,8 @@ class TorchLoader:
         host = self._host_buffer(len(plan.indices), pin)
         out = host.numpy()
         parts = np.array_split(np.arange(len(plan.indices)), self.workers)
-        list(self._pool.map(lambda p: d.decode_into(plan.indices[p], out[p[0]:p[-1] + 1], plan.flip_lr[p],
-                                                    plan.flip_ud[p]) if len(p) else None, parts))
+        list(self._pool.map(lambda p: decode_flipped(d, plan.indices[p], out[p[0]:p[-1] + 1], plan.flip_lr[p],
+                                                     plan.flip_ud[p]) if len(p) else None, parts))
         states = host.to(self.device, non_blocking=pin)
         if pin:  # the pinned buffer may be reused only once this copy has run
             self._ring_events[self._last_slot].record()

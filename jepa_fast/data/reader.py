@@ -3,7 +3,8 @@
 ``StoreReader`` parses every shard's index once and then reads chunk bytes by offset (``os.pread``,
 or from one in-RAM buffer), never through zarr's per-chunk machinery (~100x slower for random
 access). ``SplitData`` is a split opened for loading: compressed chunks in RAM plus the decoded small
-arrays; both loaders (torch and DALI) and the prober read through it.
+arrays; both loaders (torch and DALI) and the prober read through it. The reader knows nothing of
+sampling or augmentation: the loaders apply a plan's flips (``batch.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from jepa_fast.data.batch import flip_actions_locations, flipped
-from jepa_fast.data.sampler import Plan
 from jepa_fast.data.schema import (
     FORMAT_NAME,
     MAX_U64,
@@ -303,21 +302,10 @@ class SplitData:
     def frame_shape(self) -> tuple[int, int, int, int]:
         return (self.T, self.C, self.H, self.W)
 
-    def decode_into(self, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray | None = None,
-                    flip_ud: np.ndarray | None = None) -> np.ndarray:
-        """Decode trajectories ``indices`` into out (len(indices), T, C, H, W) uint8, flipping as asked.
-
-        A flipped trajectory is decoded into a cache-resident scratch buffer and copied out reversed
-        (one pass over the output instead of decode + a separate flip pass).
-        """
-        tmp = np.empty(self.frame_shape, dtype=np.uint8)
+    def decode_into(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Decode trajectories ``indices`` into out (len(indices), T, C, H, W) uint8."""
         for j, i in enumerate(indices):
-            lr = flip_lr is not None and flip_lr[j]
-            ud = flip_ud is not None and flip_ud[j]
-            if not (lr or ud):
-                self.reader.decode(int(i), out[j])
-                continue
-            np.copyto(out[j], flipped(self.reader.decode(int(i), tmp), lr, ud))
+            self.reader.decode(int(i), out[j])
         return out
 
     def first_frames(self, indices: np.ndarray) -> np.ndarray:
@@ -329,9 +317,3 @@ class SplitData:
         for j, i in enumerate(indices):
             np.multiply(self.reader.decode(int(i), buf)[0], scale, out=out[j, 0])
         return out
-
-    def small_arrays(self, plan: Plan) -> tuple[np.ndarray, np.ndarray | None]:
-        """Actions and locations of a plan's trajectories, flipped as the plan says."""
-        idx = plan.indices
-        loc = None if self.locations is None else self.locations[idx]
-        return flip_actions_locations(self.actions[idx], loc, plan.flip_lr, plan.flip_ud, self.W)
