@@ -122,7 +122,7 @@ def main() -> None:
         configs += [("torch", "host", "none"), ("torch", "host", "flips"),
                     ("torch", "device", "none"), ("torch", "device", "flips")]
         for kind, resident, aug in configs:
-            # two workers, as before: the loader alone, not competing with a training step for the cores
+            # two workers: the loader alone, not competing with a training step for the cores
             cfg = DataConfig(loader=kind, resident=resident, batch_size=args.batch, augment=AUGMENT_PRESETS[aug],
                              workers=2)
             loader = build_loader(data, cfg, device)

@@ -47,17 +47,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under DDP / torch.compile wrappers (so state-dict keys have no _orig_mod.)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
 def save(run: Path, step: int, state: dict, rank: int, world_size: int, barrier, keep: int) -> Path | None:
     """Collective: every rank writes its RNG state, rank 0 writes the rest and publishes the folder."""
     root = ckpt_dir(run)

@@ -117,7 +117,7 @@ def test_raw_lz4_block_is_what_the_gpu_inflates(tmp_path):
     for i in (0, 5, 22):
         chunk = bytes(r.chunk(i))
         assert int.from_bytes(chunk[:4], "little") == r.traj_bytes  # numcodecs' 4-byte size header
-        raw = bytes(r.raw_block(i))
+        raw = bytes(r.codec.raw_block(r.chunk(i)))
         assert raw == chunk[4:-4]  # schema 2: <size><raw block><CRC32C of size + block>
         assert int.from_bytes(chunk[-4:], "little") == google_crc32c.value(chunk[:-4])
         out = lz4.block.decompress(raw, uncompressed_size=r.traj_bytes)
@@ -143,7 +143,7 @@ def test_our_shards_are_the_bytes_zarr_writes(tmp_path):
             assert (ours is None and not p.exists()) or ours == p.read_bytes(), f"{codec.name} shard {s}"
 
 
-def test_zstd_store_round_trip_and_no_raw_blocks(tmp_path):
+def test_zstd_store_round_trip_and_no_gpu_decode(tmp_path):
     rng = np.random.default_rng(5)
     states = rng.integers(0, 256, size=(9, 4, 2, 16, 16), dtype=np.uint8)
     src = _write_split(tmp_path / "raw", states)
@@ -151,8 +151,12 @@ def test_zstd_store_round_trip_and_no_raw_blocks(tmp_path):
     r = StoreReader(tmp_path / "s.zarr")
     assert r.codec.name == "zstd"
     np.testing.assert_array_equal(np.stack([r.decode(i) for i in range(9)]), states)
-    with pytest.raises(JepaFastError, match="no raw LZ4 blocks"):
-        r.raw_block(0)
+    from jepa_fast.data.dali import _BatchSource
+    from jepa_fast.data.reader import SplitData
+    from jepa_fast.data.sampler import Sampler
+
+    with pytest.raises(JepaFastError, match="GPU decode needs an lz4 store"):
+        _BatchSource(SplitData(tmp_path / "s.zarr"), None, Sampler(9, 2), (0, 0), gpu=True)
 
 
 def test_simulated_store_is_much_smaller(tmp_path, tiny_root):

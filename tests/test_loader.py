@@ -85,7 +85,7 @@ def test_two_ranks_see_disjoint_data_covering_the_epoch(drop_last):
     seen = []
     for rank in range(2):
         s = Sampler(n, B, seed=5, rank=rank, world_size=2, drop_last=drop_last)
-        seen.append(np.concatenate([p.indices for p in s]))
+        seen.append(np.concatenate([p.indices for p in s.consume(((p.epoch, p.step), p) for p in s.plans())]))
         assert s.epoch == 1 and s.step == 0
     assert not set(seen[0]) & set(seen[1])
     union = np.concatenate(seen)

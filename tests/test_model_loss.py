@@ -245,3 +245,18 @@ def test_static_walls_encoded_once_equal_every_frame_even_with_noise():
         biased = (a.running_var - (1 - m)) / m * (n - 1) / n
         torch.testing.assert_close(b.running_var, (1 - m) + m * biased * (n * T) / (n * T - 1), rtol=1e-5, atol=1e-7)
         assert not torch.allclose(a.running_var, b.running_var, rtol=1e-7, atol=0)  # the correction is real
+
+
+def test_the_default_input_scale_maps_the_simulators_peak_to_one():
+    import math
+
+    import numpy as np
+
+    from jepa_fast.config import ModelConfig, SimConfig
+    from jepa_fast.sim import env
+
+    sim = SimConfig()
+    assert ModelConfig().input_scale == pytest.approx(2 * math.pi * sim.dot_std**2, rel=1e-12)
+    frames = env.render(sim, np.array([[[30.0, 30.0]]]), np.array([28]), np.array([19]))  # (1, 1, 2, 65, 65)
+    walls = frames[0, 0, 1]
+    np.testing.assert_allclose(walls[walls > 0] * ModelConfig().input_scale, 1.0, rtol=1e-6)

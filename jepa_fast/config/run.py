@@ -13,6 +13,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from jepa_fast.config.base import apply_overrides, at_least, check, from_dict, one_of, probability, set_field
+from jepa_fast.config.sim import SimConfig
+
+TWO_ROOMS_INPUT_SCALE = 1.0 / SimConfig().pixel_peak
+"""2 pi sigma^2: the inverse of the two-rooms frames' peak value (agent peak = wall value), from the simulator."""
 
 # ---------------------------------------------------------------------------------------------
 # data loading (jepa_fast/data)
@@ -119,9 +123,10 @@ class ModelConfig:
     turns this off for a store whose attrs say otherwise). Cuts the wall branch's cost ~T x. Noise
     augmentation gives the wall channel one noise image per trajectory either way, so the only
     difference is BatchNorm's running-variance correction (n/(n-1) over B vs B*T frames; tested)."""
-    input_scale: float = 10.6165
-    """Multiplies raw frame values before the encoder: 1 / (1 / (2 pi 1.3^2)) maps the real data's
-    agent peak and wall value (0.0942) to 1."""
+    input_scale: float = TWO_ROOMS_INPUT_SCALE
+    """Multiplies raw frame values before the encoder. The default, 2 pi sigma^2 = 10.6186 for the
+    simulator's dot (sigma 1.3), is 1 / the two-rooms pixel peak: it maps the agent's peak and the
+    wall value (1 / (2 pi sigma^2) = 0.0942 in the real data's units) to 1."""
 
     def __post_init__(self) -> None:
         check(len(self.encoder_widths) >= 1 and all(w >= 1 for w in self.encoder_widths),

@@ -215,13 +215,6 @@ class StoreReader:
         finally:
             os.close(fd)
 
-    def raw_block(self, i: int) -> memoryview | None:
-        """The raw LZ4 block of trajectory i (what DALI's inflate takes); lz4 stores only."""
-        if self.codec.name != "lz4":
-            raise JepaFastError(f"{self.path}: codec {self.codec.name} has no raw LZ4 blocks; re-pack with --codec lz4")
-        c = self.chunk(i)
-        return None if c is None else self.codec.raw_block(c)
-
     def decode(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         """uint8 frames (T, C, H, W) of trajectory i."""
         if out is None:

@@ -157,13 +157,6 @@ class Sampler:
                 self._epoch, self._step = self._epoch + 1, 0
             yield item
 
-    def __iter__(self) -> Iterator[Plan]:
-        """The plans of the rest of the current epoch, consumed (the position advances)."""
-        return self.consume(((p.epoch, p.step), p) for p in self.plans())
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "n": self.n,
                 "batch_size": self.batch_size, "world_size": self.world_size}
@@ -174,6 +167,6 @@ class Sampler:
                 raise JepaFastError(f"sampler state: {key}={state.get(key)} does not match this run's "
                                     f"{getattr(self, key)}; resume with the same data and settings")
         epoch, step = int(state["epoch"]), int(state["step"])
-        if step >= self.steps_per_epoch:  # saved by an older version at the end of an epoch
+        if step >= self.steps_per_epoch:  # a position at an epoch's end is the next epoch's start
             epoch, step = epoch + 1, 0
         self._epoch, self._step = epoch, step

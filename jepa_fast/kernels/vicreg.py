@@ -209,7 +209,7 @@ def gram_config(G: int, N: int, D: int, sms: int, block_n: int = 64) -> tuple[in
     """(BLOCK_D, row splits, rows per split) for the Gram kernel: enough programs to fill ``sms`` four times
     over (G x (D/BLOCK_D)^2 tiles x splits >= 4 x SMs), each still looping over >= 4 row blocks so the
     partial sums stay few. N=8704, D=128, G=2 on 132 SMs: 8 tiles x 34 splits of 256 rows = 272 programs
-    (the 4-block minimum caps the splits; before: 32 programs for 132 SMs)."""
+    (the 4-block minimum caps the splits)."""
     bd = _block_d(D)
     tiles = G * triton.cdiv(D, bd) ** 2
     blocks = triton.cdiv(N, block_n)
