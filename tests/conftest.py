@@ -1,10 +1,16 @@
-"""Shared fixtures. Environment switches that must be set before libraries initialise live here."""
+"""Shared fixtures. Environment switches that must be set before libraries initialise live here.
+
+Session fixtures are made once and shared read-only: ``tiny_root`` (the tiny simulated dataset, .npy),
+``tiny_packed`` (it packed), ``tiny_run`` / ``tiny_run_ours`` (a trained tiny run of each model). A test
+that damages or writes into one takes a private copy (``packed_copy``, or ``shutil.copytree``).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 
-# Triton must see this before it decorates any kernel (PERF_NOTES §4); harmless where Triton is absent.
+# Triton must see this before it decorates any kernel (docs/PERF_NOTES.md); harmless where Triton is absent.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -20,3 +26,49 @@ def tiny_root(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "tiny"
     generate_dataset(out, dataset_preset("tiny"), SimConfig(), seed=0, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_packed(tiny_root, tmp_path_factory):
+    """``tiny_root`` packed: <root>/<split>.zarr for every split (read-only: copy it to damage it)."""
+    from jepa_fast.data.pack import pack_path
+
+    out = tmp_path_factory.mktemp("packed") / "tiny"
+    pack_path(tiny_root, out, progress=False)
+    return out
+
+
+@pytest.fixture()
+def packed_copy(tiny_packed, tmp_path):
+    """A private copy of ``tiny_packed`` that the test may damage."""
+    out = tmp_path / "packed"
+    shutil.copytree(tiny_packed, out)
+    return out
+
+
+def _trained(tiny_packed, tmp_path_factory, name, overrides):
+    import logging
+
+    from jepa_fast.config import apply_overrides, run_preset
+    from jepa_fast.train import train
+
+    out = tmp_path_factory.mktemp("runs") / name
+    logging.disable(logging.INFO)
+    try:
+        train(apply_overrides(run_preset("tiny"), overrides), tiny_packed, out, progress=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_packed, tmp_path_factory):
+    """A run folder of the tiny preset (reference model, 6 steps) on ``tiny_packed`` (read-only)."""
+    return _trained(tiny_packed, tmp_path_factory, "reference", [])
+
+
+@pytest.fixture(scope="session")
+def tiny_run_ours(tiny_packed, tmp_path_factory):
+    """The same with our residual predictor, trained by rollout (read-only)."""
+    return _trained(tiny_packed, tmp_path_factory, "ours",
+                    ["model.residual_predictor=true", "train.prediction=rollout", "train.max_steps=2"])

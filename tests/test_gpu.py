@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from jepa_fast.config import AUGMENT_PRESETS, DataConfig, LossConfig, model_preset
-from jepa_fast.data import pack
 from jepa_fast.data.loader import build_loader, dali_importable
 from jepa_fast.data.reader import SplitData
 
@@ -26,9 +25,8 @@ compiled_triton = pytest.mark.skipif(torch.cuda.is_available() and os.environ.ge
 
 
 @pytest.fixture(scope="module")
-def data(tiny_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("packed") / "train.zarr"
-    pack.pack_split(tiny_root / "train", out, progress=False)
+def data(tiny_packed):
+    out = tiny_packed / "train.zarr"
     return SplitData(out)
 
 

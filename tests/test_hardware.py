@@ -73,17 +73,15 @@ def test_compile_threads_and_workers(monkeypatch):
     assert hardware.resolve_workers(5, CUDA)[0] == 5
 
 
-def test_train_prints_and_records_the_resolved_precision(monkeypatch, tmp_path, tiny_root, capsys):
-    from jepa_fast.data.pack import pack_split
+def test_train_prints_and_records_the_resolved_precision(monkeypatch, tmp_path, tiny_packed, capsys):
     from jepa_fast.train import train
 
-    pack_split(tiny_root / "train", tmp_path / "train.zarr", progress=False)
     _fake_cpu(monkeypatch, "AVX2", False)
     threads = torch.get_num_threads()
     try:
         run = apply_overrides(run_preset("tiny"), ["train.max_steps=2"])
         assert run.train.precision == "auto" and run.data.workers == 0  # the presets leave it to the machine
-        train(run, tmp_path, tmp_path / "r", progress=False)
+        train(run, tiny_packed, tmp_path / "r", progress=False)
     finally:
         torch.set_num_threads(threads)
     header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("jepa-fast train")][0]
@@ -98,29 +96,27 @@ def test_train_prints_and_records_the_resolved_precision(monkeypatch, tmp_path, 
     assert resolved["why"]["precision"] == "auto: CPU without native bf16"
 
 
-def test_a_run_resumed_on_another_machine_resolves_auto_there(monkeypatch, tmp_path, tiny_root, capsys):
+def test_a_run_resumed_on_another_machine_resolves_auto_there(monkeypatch, tmp_path, tiny_packed, capsys):
     """Started on a CPU without native bf16 (fp32, 1 worker), resumed where 'auto' means bf16 and more threads:
     the resumed run takes the new machine's settings and says what changed."""
     from jepa_fast import checkpoint as ckpt
     from jepa_fast.cli import build_parser, config_from_args
-    from jepa_fast.data.pack import pack_split
     from jepa_fast.train import train
 
-    pack_split(tiny_root / "train", tmp_path / "train.zarr", progress=False)
     threads = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         _fake_cpu(monkeypatch, "AVX2", False)
         monkeypatch.setattr(hardware, "_cores", lambda: 1)
         run = apply_overrides(run_preset("tiny"), ["train.max_steps=4", "train.save_every=2"])
-        train(run, tmp_path, tmp_path / "r", progress=False, stop_at_step=2)
+        train(run, tiny_packed, tmp_path / "r", progress=False, stop_at_step=2)
         _fake_cpu(monkeypatch, "AVX512", True)  # the other machine: native bf16, two cores
         monkeypatch.setattr(hardware, "_cores", lambda: 2)
         capsys.readouterr()
-        args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "r"), "--resume"])
+        args = build_parser().parse_args(["train", str(tiny_packed), "--out", str(tmp_path / "r"), "--resume"])
         resumed = config_from_args(args)
         assert resumed.train.precision == "auto" and resumed.train.threads == 0  # the request, not the old answer
-        out = train(resumed, tmp_path, tmp_path / "r", resume=True, progress=False)
+        out = train(resumed, tiny_packed, tmp_path / "r", resume=True, progress=False)
     finally:
         torch.set_num_threads(threads)
     assert out["step"] == 4 and out["resolved"]["precision"] == "bf16" and out["resolved"]["threads"] == 2

@@ -36,11 +36,9 @@ def _one_line(capsys, *needles):
 
 
 @pytest.fixture()
-def root(tiny_root, tmp_path):
+def root(packed_copy):
     """A packed copy of the tiny dataset root, private to the test (it gets damaged)."""
-    out = tmp_path / "packed"
-    pack.pack_path(tiny_root, out, progress=False)
-    return out
+    return packed_copy
 
 
 def _tiny(**train_kw):
@@ -64,14 +62,11 @@ def test_a_deleted_shard_is_an_error_everywhere(root, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # the refused run left no folder
 
 
-def test_a_missing_shard_stops_probe_and_pack_resume(root, tiny_root, tmp_path, capsys):
-    good = tmp_path / "good"
-    pack.pack_split(tiny_root / "train", good / "train.zarr", progress=False)
-    train(_tiny(max_steps=1), good, tmp_path / "run", progress=False)
+def test_a_missing_shard_stops_probe_and_pack_resume(root, tiny_root, tiny_run, tmp_path, capsys):
     schema.shard_path(root / "probe_wall" / "val.zarr", 0).unlink()
-    assert cli.main(["probe", str(tmp_path / "run"), "--data", str(root)]) == 2
+    assert cli.main(["probe", str(tiny_run), "--data", str(root), "--out", str(tmp_path / "probe")]) == 2
     _one_line(capsys, "probe_wall/val.zarr/states/c/0/0/0/0/0", "is missing")
-    assert not (tmp_path / "run" / "probe").exists()
+    assert not (tmp_path / "probe").exists()
     # pack --resume keeps the shards before its position: they must still be there
     src = tiny_root / "probe_normal" / "val"
     dst = tmp_path / "v.zarr"
@@ -321,7 +316,8 @@ def test_unwritable_destinations(root, tiny_root, tmp_path, capsys):
         _one_line(capsys, str(blocker))
 
 
-def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(root, tiny_root, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(root, tiny_root, tiny_run, tmp_path, capsys,
+                                                                      monkeypatch):
     from jepa_fast.data import writer
 
     with monkeypatch.context() as m:
@@ -337,17 +333,16 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(root, tiny_r
         assert cli.main(["train", str(root), "--preset", "tiny", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
         _one_line(capsys, "No space left on device")
     assert not list((tmp_path / "r" / "checkpoints").glob(".step_*"))  # no half-written checkpoint
-    train(_tiny(max_steps=1), root, tmp_path / "ok", progress=False)
     from jepa_fast import probe
 
     with monkeypatch.context() as m:
         m.setattr(probe, "write_outputs", _full_disk)
-        assert cli.main(["probe", str(tmp_path / "ok"), "--data", str(root)]) == 2
+        assert cli.main(["probe", str(tiny_run), "--data", str(root), "--out", str(tmp_path / "probe")]) == 2
         _one_line(capsys, "No space left on device")
-    assert not (tmp_path / "ok" / "probe").exists() and not list((tmp_path / "ok").glob(".probe.tmp-*"))
+    assert not (tmp_path / "probe").exists() and not list(tmp_path.glob(".probe.tmp-*"))
 
 
-def test_show_and_probe_and_seed_errors(root, tiny_root, tmp_path, capsys):
+def test_show_and_probe_and_seed_errors(root, tiny_root, tiny_run, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "states.npy").write_text("not numpy")
@@ -362,9 +357,8 @@ def test_show_and_probe_and_seed_errors(root, tiny_root, tmp_path, capsys):
     _one_line(capsys, "truncated")
     assert cli.main(["show", str(tiny_root / "train"), "--out", str(tmp_path)]) == 2
     _one_line(capsys, "is a folder")
-    train(_tiny(max_steps=1), root, tmp_path / "run", progress=False)
     if not torch.cuda.is_available():
-        assert cli.main(["probe", str(tmp_path / "run"), "--data", str(root), "--device", "cuda"]) == 2
+        assert cli.main(["probe", str(tiny_run), "--data", str(root), "--device", "cuda"]) == 2
         _one_line(capsys, "no CUDA device here")
     assert cli.main(["probe", str(tmp_path / "runs" / "missing"), "--data", str(root)]) == 2
     _one_line(capsys, f"{tmp_path / 'runs' / 'missing'}: no such checkpoint or run folder")

@@ -12,7 +12,6 @@ import torch.nn as nn
 from jepa_fast import cli
 from jepa_fast import probe as P
 from jepa_fast.config import ProbeConfig, SimConfig, model_preset
-from jepa_fast.data import pack
 from jepa_fast.model import JEPA
 from jepa_fast.sim import env
 
@@ -20,10 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def packed_root(tiny_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("packed") / "root"
-    pack.pack_path(tiny_root, root, progress=False)
-    return root
+def packed_root(tiny_packed):
+    return tiny_packed
 
 
 def test_schedule_quirks():
@@ -142,13 +139,10 @@ def test_planted_signal_scores_near_zero_and_a_random_model_near_chance(packed_r
     assert planted["expert"] < 5.0
 
 
-def test_cli_writes_metrics_txt_in_the_original_format(packed_root, tmp_path, capsys):
-    from jepa_fast.config import run_preset
-    from jepa_fast.train import train
-
-    train(run_preset("tiny"), packed_root, tmp_path / "run", progress=False)
-    assert cli.main(["probe", str(tmp_path / "run"), "--data", str(packed_root)]) == 0
-    text = (tmp_path / "run" / "probe" / "metrics.txt").read_text().splitlines()
+def test_cli_writes_metrics_txt_in_the_original_format(packed_root, tiny_run, tmp_path, capsys):
+    out = tmp_path / "probe"
+    assert cli.main(["probe", str(tiny_run), "--data", str(packed_root), "--out", str(out)]) == 0
+    text = (out / "metrics.txt").read_text().splitlines()
     names = ["probe_normal", "probe_wall", "wall_other", "expert"]
     for line, name in zip(text[:4], names):
         assert re.fullmatch(rf"{name} val loss: \d+\.\d+", line), line
@@ -156,9 +150,9 @@ def test_cli_writes_metrics_txt_in_the_original_format(packed_root, tmp_path, ca
     assert text[5].startswith("# training command to replicate")
     assert text[6].startswith("jepa-fast train")
     for png in ("probe_error_per_timestep.png", "probe_paths_probe_normal.png", "probe_paths_probe_wall.png"):
-        assert (tmp_path / "run" / "probe" / png).exists()
+        assert (out / png).exists()
     assert "| probe_normal |" in capsys.readouterr().out
-    assert cli.main(["probe", str(tmp_path / "run"), "--data", str(tmp_path / "nowhere")]) == 2
+    assert cli.main(["probe", str(tiny_run), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
 
 
 def test_embedding_precision_must_be_one_the_protocol_knows(packed_root):

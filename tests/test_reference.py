@@ -113,29 +113,23 @@ def test_import_then_export_is_bit_exact_and_the_rollout_is_the_files(ref_file, 
         assert v.dtype == original[k].dtype and torch.equal(v, original[k]), k
 
 
-def test_export_of_a_trained_model_loads_strict_and_rolls_out_the_same(tiny_root, tmp_path):
-    pack.pack_split(tiny_root / "train", tmp_path / "p" / "train.zarr", progress=False)
-    out = train(apply_overrides(run_preset("tiny"), ["train.max_steps=3"]), tmp_path / "p", tmp_path / "r",
-                progress=False)
-    assert out["model"].cfg.input_scale != 1.0  # trained with our input scale: export folds it in
-    f = export_reference(tmp_path / "r", tmp_path / "model_weights.pth")
+def test_export_of_a_trained_model_loads_strict_and_rolls_out_the_same(tiny_run, tmp_path):
+    ours, _ = P.load_checkpoint_model(tiny_run, torch.device("cpu"))
+    assert ours.cfg.input_scale != 1.0  # trained with our input scale: export folds it in
+    f = export_reference(tiny_run, tmp_path / "model_weights.pth")
     ref = RefJEPA()
     ref.load_state_dict(torch.load(f, weights_only=True), strict=True)
-    ours, _ = P.load_checkpoint_model(tmp_path / "r", torch.device("cpu"))
     states, actions = _inputs(T=17)
     with torch.no_grad():
         torch.testing.assert_close(ref.eval()(states, actions)[0], ours(states, actions), rtol=1e-5, atol=1e-5)
 
 
-def test_ours_is_refused_unless_the_different_rollout_is_acknowledged(tiny_root, tmp_path, capsys):
-    pack.pack_split(tiny_root / "train", tmp_path / "p" / "train.zarr", progress=False)
-    run = apply_overrides(run_preset("tiny"), ["train.max_steps=1", "model.residual_predictor=true"])
-    train(run, tmp_path / "p", tmp_path / "r", progress=False)
-    assert cli.main(["export-reference", str(tmp_path / "r"), "--out", str(tmp_path / "w.pth")]) == 2
+def test_ours_is_refused_unless_the_different_rollout_is_acknowledged(tiny_run_ours, tmp_path, capsys):
+    assert cli.main(["export-reference", str(tiny_run_ours), "--out", str(tmp_path / "w.pth")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "residual predictor" in err and "--rollout-differs" in err
     assert not (tmp_path / "w.pth").exists()
-    assert cli.main(["export-reference", str(tmp_path / "r"), "--out", str(tmp_path / "w.pth"),
+    assert cli.main(["export-reference", str(tiny_run_ours), "--out", str(tmp_path / "w.pth"),
                      "--rollout-differs"]) == 0
     RefJEPA().load_state_dict(torch.load(tmp_path / "w.pth", weights_only=True), strict=True)
 
@@ -177,9 +171,9 @@ def test_bad_files_get_one_line_and_write_nothing(ref_file, tmp_path, capsys, da
     assert set(tmp_path.iterdir()) == before  # no run folder, no temp folder
 
 
-def test_train_init_fine_tunes_from_imported_weights(ref_file, tiny_root, tmp_path):
+def test_train_init_fine_tunes_from_imported_weights(ref_file, tiny_packed, tmp_path):
     f, _ = ref_file
-    pack.pack_split(tiny_root / "train", tmp_path / "p" / "train.zarr", progress=False)
+    (tmp_path / "p").symlink_to(tiny_packed)
     import_reference(f, tmp_path / "imported")
     with pytest.raises(JepaFastError, match="model weights only"):
         train(run_preset("tiny"), tmp_path / "p", tmp_path / "imported", resume=True, progress=False)
@@ -263,6 +257,7 @@ def _straightforward_probe(model, root, cfg: ProbeConfig) -> dict[str, float]:
 def test_probe_matches_the_straightforward_evaluator_across_prober_seeds(tmp_path):
     from jepa_fast.config import SimConfig, dataset_preset
     from jepa_fast.data.reader import SplitData
+    from jepa_fast.hardware import cpu_has_native_bf16
     from jepa_fast.sim.generate import generate_dataset
 
     # uint8 source data: the store holds it exactly, so any difference left is the probe's own
@@ -270,8 +265,10 @@ def test_probe_matches_the_straightforward_evaluator_across_prober_seeds(tmp_pat
     generate_dataset(raw, dataset_preset("tiny"), SimConfig(value_scale="uint8"), seed=0, dtype="uint8",
                      progress=False)
     pack.pack_path(raw, root, progress=False)
-    # a model trained in bf16: the probe must still compute its embeddings in fp32, as the original does
-    run = apply_overrides(run_preset("tiny"), ["train.max_steps=30", "train.precision=bf16", "train.lr=3e-3",
+    # trained in bf16 where the CPU computes it natively (emulated bf16 costs ~20 s here on an AVX2-only CPU);
+    # either way the probe must compute its embeddings in fp32, as the original does: checked directly below
+    precision = "bf16" if cpu_has_native_bf16() else "no"
+    run = apply_overrides(run_preset("tiny"), ["train.max_steps=30", f"train.precision={precision}", "train.lr=3e-3",
                                                "model.input_scale=0.0039"])
     train(run, root, tmp_path / "r", progress=False)
     model, _ = P.load_checkpoint_model(tmp_path / "r", torch.device("cpu"))

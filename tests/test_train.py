@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +18,6 @@ import torch
 
 from jepa_fast import checkpoint as ckpt
 from jepa_fast.config import LossConfig, apply_overrides, run_preset
-from jepa_fast.data import pack
 from jepa_fast.errors import JepaFastError
 from jepa_fast.train import ForwardLoss, train
 
@@ -24,10 +25,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def packed(tiny_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("packed")
-    pack.pack_split(tiny_root / "train", root / "train.zarr", progress=False)
-    return root
+def packed(tiny_packed):
+    return tiny_packed
 
 
 def _run(**train_kw):
@@ -67,7 +66,7 @@ def test_bf16_autocast_on_cpu(packed, tmp_path, monkeypatch):
     monkeypatch.setattr(model_mod.ConvBranch, "forward", spy)
     out = train(_run(max_steps=3, precision="bf16"), packed, tmp_path / "r", progress=False)
     assert seen["dtype"] == torch.bfloat16
-    assert out["last"]["loss"] == out["last"]["loss"]  # finite
+    assert math.isfinite(out["last"]["loss"])
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(packed, tmp_path):
@@ -86,8 +85,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(packed, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_refuses_to_overwrite_a_run_and_resume_needs_one(packed, tmp_path):
-    train(_run(max_steps=2), packed, tmp_path / "r", progress=False)
+def test_refuses_to_overwrite_a_run_and_resume_needs_one(packed, tiny_run, tmp_path):
+    shutil.copytree(tiny_run, tmp_path / "r")
     with pytest.raises(JepaFastError, match="pass --resume"):
         train(_run(max_steps=2), packed, tmp_path / "r", progress=False)
     with pytest.raises(JepaFastError, match="no checkpoint"):
@@ -269,7 +268,4 @@ def test_the_last_step_is_saved_once_when_save_every_divides_it(packed, tmp_path
     monkeypatch.setattr(train_mod.ckpt, "save",
                         lambda run, step, *a, **k: saved.append(step) or real(run, step, *a, **k))
     train(_run(max_steps=4, save_every=2), packed, tmp_path / "r", progress=False)
-    assert saved == [2, 4]
-    saved.clear()
-    train(_run(max_steps=5, save_every=2), packed, tmp_path / "r5", progress=False)
-    assert saved == [2, 4, 5]  # and a final save when the cadence does not land on the last step
+    assert saved == [2, 4]  # (a cadence that misses the last step still ends with its save: test_loss_decreases)
