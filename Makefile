@@ -19,4 +19,4 @@ bench: install
 	$(PYTHON) -m bench.run_all
 
 lint:
-	$(PYTHON) -m ruff check jepa_fast preprocessing bench tests
+	$(PYTHON) -m ruff check jepa_fast preprocessing bench tools tests

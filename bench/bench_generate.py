@@ -1,8 +1,8 @@
 """Simulator throughput: dynamics, rendering and file I/O of the train-split generator, side by side.
 
-    python bench/bench_generate.py [--n 20000] [--workers 2] [--dir /tmp]
+    python -m bench.bench_generate [--n 20000] [--workers 2] [--dir /tmp]
 
-Target (issue 2): the full train split's 2.5M frames in under a minute of generation (rendering and
+Target: the full train split's 2.5M frames in under a minute of generation (rendering and
 dynamics) on 2 cores, i.e. >= 45,000 frames/s. File I/O is measured separately (writing the .npy
 files of the same trajectories), because it depends on the disk, not on the simulator.
 """
@@ -21,7 +21,8 @@ from jepa_fast.config import SimConfig, dataset_preset
 from jepa_fast.sim import generate as gen
 
 TARGET_FPS = 45_000
-T = 17
+FULL = dataset_preset("full")
+T = FULL.seq_len
 
 
 def _blocks(args):
@@ -61,7 +62,8 @@ def run_write(n: int, directory: Path) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=20_000, help="train trajectories per measurement (full: 147008)")
+    ap.add_argument("--n", type=int, default=20_000,
+                    help=f"train trajectories per measurement (full: {FULL.sizes['train']:,})")
     ap.add_argument("--workers", type=int, default=2, help="processes for the parallel measurement")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the I/O test writes")
     args = ap.parse_args()
@@ -71,7 +73,7 @@ def main() -> None:
     one = run_generation(args.n, 1, render=True)
     par = run_generation(args.n, args.workers, render=True)
     write_fps, write_mbs = run_write(min(args.n, 20_000), args.dir)
-    full_frames = 147_008 * T
+    full_frames = FULL.sizes["train"] * T
     rows = [
         {"stage": "dynamics only, 1 process", "frames/s": dyn, "traj/s": dyn / T, "2.5M frames (s)": full_frames / dyn},
         {"stage": "dynamics + render, 1 process", "frames/s": one, "traj/s": one / T,

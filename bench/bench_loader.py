@@ -15,8 +15,8 @@ Our loaders deliver uint8 frames (B, T, C, H, W) on the device: the cast, per-ch
 brightness and noise are folded into the compiled training step (``JEPA.encode_stored``).
 Figures are the median per-epoch frames/s over --epochs epochs after one warm-up epoch.
 
-Targets (issue 4), 2-core CPU: fastest loader >= 20x naive, DALI CPU mode >= 10x naive with
-augmentation on. One H100: >= 5M frames/s. Last, the GPU feed ceiling (issue 10): the frames/s that
+Targets, 2-core CPU: fastest loader >= 20x naive, DALI CPU mode >= 10x naive with
+augmentation on. One H100: >= 5M frames/s. Last, the GPU feed ceiling: the frames/s that
 the DALI GPU mode's per-batch CPU work sustains on one worker of this CPU (`gpu_feed_fps`; goal
 >= 2x the 5M target, `gpu_feed_vs_5M`).
 """
@@ -90,7 +90,7 @@ def main() -> None:
     rows, fig = [], {"bench": "loader", "device": str(device), "n_traj": args.n, "batch": args.batch}
     try:
         raw, store = train_split(work, args.n)
-        T = 17
+        T = SplitData(store, in_ram=False).T
 
         # (a) naive ---------------------------------------------------------------------------
         dl = naive_loader(raw, args.batch, device)

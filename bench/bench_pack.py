@@ -7,7 +7,7 @@ input file end to end (64 MiB ``readinto`` calls: the fastest plain read) and th
 from a cold page cache when the machine lets us drop it (root: /proc/sys/vm/drop_caches), because
 the real data (85 GB) never fits in RAM. Medians are reported.
 
-Targets (issue 3): pack >= 60% of the read speed; the store >= 20x smaller than the float32 .npy.
+Targets: pack >= 60% of the read speed; the store >= 20x smaller than the float32 .npy.
 """
 
 from __future__ import annotations

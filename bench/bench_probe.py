@@ -5,7 +5,7 @@
 The straightforward protocol (the original evaluator's) re-runs the frozen model on every prober
 batch of every epoch; ours computes each split's rollout embeddings once. Both train the prober
 with the same seed, shuffles and timestep samples, so the numbers must agree.
-Target (issue 7): the same numbers, >= 10x faster.
+Target: the same numbers, >= 10x faster.
 """
 
 from __future__ import annotations

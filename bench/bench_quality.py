@@ -8,7 +8,7 @@ the table. cpu budget: the small dataset (3,072 train trajectories), 6 epochs at
 minutes on 2 cores). gpu budget: the full dataset (147,008 trajectories = 2.5M frames), 15 epochs at
 batch 512, the recipe as published.
 
-Target (issue 7): ours beats the reference on all four sets; the last line carries, per set,
+Target: ours beats the reference on all four sets; the last line carries, per set,
 ``<set>_reference_vs_ours`` = reference MSE / our MSE (> 1 means ours is better).
 """
 

@@ -3,10 +3,11 @@
     python -m bench.bench_vicreg [--ns 2176,8704,34816] [--ds 128,256,512] [--dtype bf16|fp32]
 
 Both branches (predictions and targets) go through each implementation, as in training: the input
-is z (2, B, T, D) with T = 17 and N = B * T. Timings are medians of --repeats runs after warm-up
-(compile included in warm-up), with torch.cuda.synchronize() at the boundaries on GPU.
+is z (2, B, T, D) with T the train split's trajectory length (17) and N = B * T. Timings are medians
+of --repeats runs after warm-up (compile included in warm-up), with torch.cuda.synchronize() at the
+boundaries on GPU.
 
-Target (issue 5), on one H100: Triton >= 3x eager and >= 1.3x compiled at N = 8704, D = 128.
+Target, on one H100: Triton >= 3x eager and >= 1.3x compiled at N = 8704, D = 128.
 On a machine without a GPU the Triton kernels only run in the (slow, numpy) interpreter, which says
 nothing about speed: the script says so and measures the torch paths only.
 """
@@ -18,10 +19,11 @@ import argparse
 import torch
 
 from bench.common import header, print_json, print_table, timeit
+from jepa_fast.config import dataset_preset
 from jepa_fast.kernels import vicreg
 from jepa_fast.loss import var_cov_reference
 
-T = 17
+T = dataset_preset("full").seq_len
 
 
 def fwd_bwd(fn):

@@ -1,6 +1,6 @@
 """The probing evaluation (the only one): the course project's protocol, exactly, made fast.
 
-Protocol (TWO_ROOMS_SPEC.md §5; the original evaluator's behaviour, quirks included):
+Protocol (docs/TWO_ROOMS.md §5; the original evaluator's behaviour, quirks included):
 * the frozen model rolls out from the first frame and all actions: ``model(states[:, :1], actions)``
   -> (B, T, D) predicted embeddings;
 * a prober Linear(D, 256) - ReLU - Linear(256, 2) regresses the agent's normalised (x, y) at every

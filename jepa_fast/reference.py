@@ -1,6 +1,6 @@
 """The course project's checkpoint format (``model_weights.pth``): import into and export from ``reference``.
 
-The layout (../shared/docs/REFERENCE_CHECKPOINT.md) is the ``state_dict()`` of its JEPA module: the
+The layout (docs/REFERENCE_CHECKPOINT.md) is the ``state_dict()`` of its JEPA module: the
 same tensors as our ``reference`` preset under other names, in **raw value units** (the model applies
 no input scaling). The map between the two names every key; shapes come from our model built with
 the reference preset, so a file either matches key for key and shape for shape, or is refused with

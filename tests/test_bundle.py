@@ -1,4 +1,4 @@
-"""The offline GPU bundle (bench/bundle.py): parts reassemble bit-exact, the install step works, and every
+"""The offline GPU bundle (tools/gpu/bundle.py): parts reassemble bit-exact, the install step works, and every
 requirement of the bundled wheels is met by the bundle plus the GPU node's image."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import bundle
+from tools.gpu import bundle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,14 +59,14 @@ def test_the_node_side_install_step_unpacks_an_importable_tree(tmp_path):
         t.add(tmp_path / "tree", arcname=".")
     _, node = _parts(tmp_path, (tmp_path / "site.tar.xz").read_bytes(), 4096)
     site = tmp_path / "site"
-    r = subprocess.run(["bash", str(REPO / "bench" / "gpu" / "install_bundle.sh"), str(node), str(site)],
+    r = subprocess.run(["bash", str(REPO / "tools" / "gpu" / "install_bundle.sh"), str(node), str(site)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     out = subprocess.run([sys.executable, "-c", "import jf_bundle_probe; print(jf_bundle_probe.VALUE)"],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)})
     assert out.stdout.strip() == "42"
     (node / "site.tar.xz.part-1").unlink()
-    r = subprocess.run(["bash", str(REPO / "bench" / "gpu" / "install_bundle.sh"), str(node), str(site)],
+    r = subprocess.run(["bash", str(REPO / "tools" / "gpu" / "install_bundle.sh"), str(node), str(site)],
                        capture_output=True, text=True)
     assert r.returncode == 3 and "send the missing ones" in r.stdout
 

@@ -1,4 +1,4 @@
-"""The layout rules of the package (ARCHITECTURE.md): small modules, no import cycles, no bench imports,
+"""The layout rules of the package (docs/ARCHITECTURE.md): small modules, no import cycles, no bench imports,
 and one owner of the sampler's position. Static checks over the source, so a regression fails here."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from jepa_fast.train import train
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 # ---------------------------------------------------------------------------------------------
-# the course project's module, written from the table in shared/docs/REFERENCE_CHECKPOINT.md
+# the course project's module, written from the table in docs/REFERENCE_CHECKPOINT.md
 
 
 def _branch() -> nn.Sequential:

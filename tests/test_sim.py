@@ -1,4 +1,4 @@
-"""The simulator meets every validation target of TWO_ROOMS_SPEC.md §8 and keeps the physics true."""
+"""The simulator meets every validation target of docs/TWO_ROOMS.md §8 and keeps the physics true."""
 
 from __future__ import annotations
 

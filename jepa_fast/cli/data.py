@@ -14,7 +14,7 @@ def _add_generate(sub) -> None:
     p = sub.add_parser(
         "generate",
         help="simulate the two-rooms environment and write a dataset root (all splits)",
-        description="Simulate the two-rooms environment (TWO_ROOMS_SPEC.md) and write every split of a "
+        description="Simulate the two-rooms environment (docs/TWO_ROOMS.md) and write every split of a "
         "dataset root in the original on-disk format: <out>/<split>/{states,actions,locations}.npy.",
     )
     p.add_argument("--preset", default="small", help="split sizes: small (demo, ~6k trajectories), "

@@ -46,7 +46,7 @@ class PackConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# probing: the original protocol (docs/TWO_ROOMS.md, "Probing protocol")
+# probing: the original protocol (docs/TWO_ROOMS.md §5)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Configuration of the simulator and of the datasets it writes (jepa_fast/sim; TWO_ROOMS_SPEC.md)."""
+"""Configuration of the simulator and of the datasets it writes (jepa_fast/sim; docs/TWO_ROOMS.md)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from jepa_fast.config.base import check
 
 # ---------------------------------------------------------------------------------------------
-# Simulator (TWO_ROOMS_SPEC.md; section numbers refer to it)
+# Simulator (docs/TWO_ROOMS.md; section numbers refer to it)
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Physics, rendering and sampling constants of the two-rooms environment (spec §1-§4, §8)."""
+    """Physics, rendering and sampling constants of the two-rooms environment (docs/TWO_ROOMS.md §1-§4, §8)."""
 
     image_size: int = 65
     """Frame side in pixels. The real data are 65x65 (§1); 64 is selectable."""
@@ -113,7 +113,7 @@ SPLITS: tuple[str, ...] = (
     "probe_expert/train",
     "probe_expert/val",
 )
-"""Every split of a dataset root, in the original folder layout (spec §4)."""
+"""Every split of a dataset root, in the original folder layout (docs/TWO_ROOMS.md §4)."""
 
 SPLIT_KIND: dict[str, str] = {
     "train": "random",
@@ -134,7 +134,7 @@ class DatasetConfig:
     sizes: dict[str, int] = field(default_factory=dict)
     """Trajectories per split (split name -> N). Every name must be one of SPLITS."""
     seq_len: int = 17
-    """Frames per trajectory T for every split except the expert ones (spec §4)."""
+    """Frames per trajectory T for every split except the expert ones (docs/TWO_ROOMS.md §4)."""
     expert_seq_len: int = 65
     """Frames per trajectory for probe_expert (64 actions; spec §8)."""
 
@@ -151,7 +151,7 @@ class DatasetConfig:
 
 
 DATASET_PRESETS: dict[str, dict[str, int]] = {
-    # spec §8: 147,008 x 17 = 2,499,136 training frames
+    # docs/TWO_ROOMS.md §8: 147,008 x 17 = 2,499,136 training frames
     "full": {
         "train": 147_008,
         "probe_normal/train": 10_000,

@@ -38,7 +38,7 @@ The work is small and latency-bound, so the grid must fill the machine rather th
 bf16 inputs are centred in fp32 and fed to ``tl.dot`` as bf16 on a GPU (tensor cores, fp32 accumulation); fp32
 inputs use ``input_precision="ieee"`` so results match the fp32 reference (TF32 would cost ~1e-3).
 These sizes follow the model; they have NOT been timed on an H100 (no GPU was lent to this project
-yet): ``bench/bench_vicreg.py`` and ``bench/gpu_check.sh`` measure them.
+yet): ``bench/bench_vicreg.py`` and ``tools/gpu/check.sh`` measure them.
 
 Run on CPU with ``TRITON_INTERPRET=1`` set before this module is imported (tests do it in conftest).
 """

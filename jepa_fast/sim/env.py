@@ -1,4 +1,4 @@
-"""Two-rooms physics and rendering, vectorised over trajectories (TWO_ROOMS_SPEC.md §1-§3).
+"""Two-rooms physics and rendering, vectorised over trajectories (docs/TWO_ROOMS.md §1-§3).
 
 Coordinates: a position is (x, y) in continuous pixel units with x = column and y = row. Pixel
 (r, c) sits at (x=c, y=r). Arrays of positions are (..., 2) float64; images are (..., H, W).

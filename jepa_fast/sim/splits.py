@@ -1,4 +1,4 @@
-"""Trajectory generators for each kind of split (TWO_ROOMS_SPEC.md §3-§4, defaults of §8).
+"""Trajectory generators for each kind of split (docs/TWO_ROOMS.md §3-§4, defaults of §8).
 
 Each generator returns a ``Trajectories`` record (positions, commanded actions, layout); pixels are
 rendered separately (``env.render``) so that the same trajectories can be written in any format.

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# gpu_check.sh -- the GPU acceptance run: one command, time-budgeted (<= 6 minutes on an H100 without the
+# tools/gpu/check.sh -- the GPU acceptance run: one command, time-budgeted (<= 6 minutes on an H100 without the
 # optional recipe stage), on a node without network access. Run from the repo root:
 #
-#     bash bench/gpu_check.sh                      # every stage; BUDGET=360 s
-#     STAGES=env,import,tests bash bench/gpu_check.sh
-#     RECIPE=1 BUDGET=560 bash bench/gpu_check.sh  # also the last, optional stage: ours at the published budget
+#     bash tools/gpu/check.sh                      # every stage; BUDGET=360 s
+#     STAGES=env,import,tests bash tools/gpu/check.sh
+#     RECIPE=1 BUDGET=560 bash tools/gpu/check.sh  # also the last, optional stage: ours at the published budget
 #
-# The offline bundle (python -m bench.bundle --out .gpu, on a machine with package access) arrives as
+# The offline bundle (python -m tools.gpu.bundle --out .gpu, on a machine with package access) arrives as
 # .gpu/p1 .. .gpu/pN, one per call; the unpack stage reassembles, verifies and unpacks it to $SITE.
 # Stages: env (versions, nvidia-smi), unpack, import, tests (the gpu-marked tests, TRITON_INTERPRET=0),
 # loader (DALI GPU, torch GPU-resident, naive), vicreg (Triton vs eager vs compiled, N=8704, D=128..512,
@@ -80,7 +80,7 @@ EOF
 unpack() {
   set -e
   for d in "$REPO"/.gpu/p*/; do [ -d "$d" ] && cp -r "$d". "$PARTS"/; done
-  bash "$REPO/bench/gpu/install_bundle.sh" "$PARTS" "$SITE"
+  bash "$REPO/tools/gpu/install_bundle.sh" "$PARTS" "$SITE"
   echo '{"unpacked": true}'
 }
 
@@ -110,13 +110,13 @@ main() {
   stage loader 120 40 $PY -m bench.bench_loader --n 3072 --batch 512 --epochs 2 --no-cold
   stage vicreg 90 30 $PY -m bench.bench_vicreg --ns 8704 --ds 128,256,512 --dtype bf16 --repeats 20
   stage vicreg_fp32 60 20 $PY -m bench.bench_vicreg --ns 8704 --ds 128,256,512 --dtype fp32 --repeats 20
-  stage train 180 60 $PY -m bench.bench_train --n 4096 --batch 512 --steps 20 --warmup 5
+  stage train 180 60 $PY -m bench.bench_train --n 4096 --batch 512 --steps 20 --warmup 5 --rounds 1
   if [[ "$RECIPE" == 1 ]]; then
     stage recipe 300 120 $PY -m bench.bench_quality --budget gpu --ours-only
   fi
   echo "=== gpu_check done in $(( $(date +%s) - T0 ))s"
   cat "$SUM"
-  $PY -m bench.gpu.report "$SUM" "$OUT/env.log" || true
+  $PY -m tools.gpu.report "$SUM" "$OUT/env.log" || true
 }
 
 main 2>&1 | tee "$OUT/all.log"

@@ -1,6 +1,6 @@
-"""The GPU acceptance run's report: bench/results/report_<gpu>_<date>.md from gpu_check.sh's summary.jsonl.
+"""The GPU acceptance run's report: bench/results/report_<gpu>_<date>.md from tools/gpu/check.sh's summary.jsonl.
 
-    python -m bench.gpu.report SUMMARY.jsonl [ENV.log]
+    python -m tools.gpu.report SUMMARY.jsonl [ENV.log]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ TARGETS = [  # (stage, figure in its JSON line, target, how to read it)
     ("vicreg", "N8704_D128_triton_vs_eager", 3.0, "Triton var+cov fwd+bwd vs eager, N=8704 D=128 bf16 (>= 3x)"),
     ("vicreg", "N8704_D128_triton_vs_compiled", 1.3, "... vs torch.compile (target >= 1.3x)"),
     ("train", "jepa_fast_vs_reference", 10.0, "training vs the reference loop, same GPU (target >= 10x)"),
-    ("train", "epoch_2p5M_frames_s", None, "one 2.5M-frame epoch, seconds (target <= 5)"),
+    ("train", "epoch_full_train_s", None, "one epoch of the full train split (2.5M frames), seconds (target <= 5)"),
     ("train", "jepa_fast_bf16_data_wait_pct", None, "data wait % (target <= 2)"),
 ]
 
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
         v = (by_stage.get(stage) or {}).get(key)
         figures.append(f"| {what} | {v if v is not None else 'not measured'} | {target if target else '-'} |")
     text = "\n".join([f"# GPU acceptance run — {gpu}, {day}", "",
-                      "Command: `bash bench/gpu_check.sh` (stages and their logs: bench/gpu_check.sh).", "",
+                      "Command: `bash tools/gpu/check.sh` (stages and their logs: tools/gpu/check.sh).", "",
                       "## Environment", "", "```", json.dumps(env, indent=1), "```", "",
                       "## Figures", "", *figures, "", "## Stages", "", *rows, ""])
     out = Path("bench/results") / f"report_{slug}_{day}.md"

@@ -1,18 +1,18 @@
 """The offline bundle for a network-less GPU node: everything it needs beyond its own image.
 
-    python -m bench.bundle --out .gpu [--wheels /tmp/jf-wheels] [--python python3.12] [--xz-level 6]
+    python -m tools.gpu.bundle --out .gpu [--wheels /tmp/jf-wheels] [--python python3.12] [--xz-level 6]
 
-On a machine with package access: downloads the pinned cp312 manylinux wheels of ``bench/gpu/bundle.lock``
+On a machine with package access: downloads the pinned cp312 manylinux wheels of ``tools/gpu/bundle.lock``
 (zarr, numcodecs, lz4 and their deps; DALI for CUDA 13 with nvidia-libnvcomp-cu13 and DALI's pure-python
 deps), checks that every Requires-Dist of every bundled wheel is met by the bundle or by the node's image
-(``bench/gpu/image_packages.txt``), installs them with a CPython 3.12 into one tree (``pip install
+(``tools/gpu/image_packages.txt``), installs them with a CPython 3.12 into one tree (``pip install
 --no-deps --target``), prunes what the node cannot use (other CPython ABIs, headers, nvCOMP's CLI), packs
 it as one tar.xz and splits it into parts of at most 56 MiB with SHA256SUMS:
 
     OUT/p1/  part-0, SHA256SUMS, manifest.json, fallback/*.whl, install_bundle.sh
     OUT/p2/  part-1        OUT/p3/  part-2        ...
 
-so that each part travels in one call (64 MiB limit). On the node, ``bench/gpu/install_bundle.sh PARTS
+so that each part travels in one call (64 MiB limit). On the node, ``tools/gpu/install_bundle.sh PARTS
 SITE`` reassembles, verifies and unpacks it; then ``PYTHONPATH=SITE`` (no pip index anywhere).
 
 Deliberately left out: nvidia-nvimgcodec-cu13, which DALI's metadata requires. DALI loads nvImageCodec
@@ -35,7 +35,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-HERE = Path(__file__).parent / "gpu"
+HERE = Path(__file__).parent
 LOCK = HERE / "bundle.lock"
 IMAGE = HERE / "image_packages.txt"
 MANIFEST = HERE / "bundle_manifest.json"
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a CPython 3.12 with pip (it only unpacks wheels)")
     ap.add_argument("--xz-level", type=int, default=6, help="xz preset: 9 is a few %% smaller and ~5x slower")
     ap.add_argument("--update-manifest", action="store_true",
-                    help="also write the wheels' metadata to bench/gpu/bundle_manifest.json (the tests read it)")
+                    help="also write the wheels' metadata to tools/gpu/bundle_manifest.json (the tests read it)")
     args = ap.parse_args(argv)
     r = build(args.out, args.wheels, args.python, args.xz_level)
     if args.update_manifest:
