@@ -28,6 +28,21 @@ def check_destination(path: Path, overwrite: bool, what: str = "output") -> None
         raise JepaFastError(f"{what} {path} exists and is not empty; pass --overwrite to replace it")
 
 
+def check_apart(output: Path, inputs: dict[str, Path | None], what: str = "output") -> None:
+    """Refuse an output that is one of the command's inputs, lies inside one, or contains one (symlinks
+    resolved): writing or replacing it would destroy the input."""
+    out = lock.resolved(output)
+    for name, given in inputs.items():
+        if given is None:
+            continue
+        src = lock.resolved(given)
+        relation = "is" if out == src else "is inside" if src in out.parents else "contains" if out in src.parents \
+            else None
+        if relation:
+            raise JepaFastError(f"{what} {output} {relation} the {name} {given}; writing there would destroy the "
+                                "input: choose an output outside it")
+
+
 def check_free_space(path: Path, needed: int, hint: str) -> None:
     """Refuse to start a job that needs more disk than the volume of ``path`` has free."""
     probe = Path(path).absolute()
@@ -75,6 +90,49 @@ def clear_stale_temps(path: Path, tag: str = "tmp") -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def set_aside(dest: Path) -> Path:
+    """Move ``dest`` aside (``.<name>.replaced-<pid>`` next to it) and leave an empty ``dest``: the old output
+    waits there until the new one commits (``discard_aside``) or fails (``restore_aside``)."""
+    dest = Path(dest)
+    aside = dest.with_name(f".{dest.name}.replaced-{os.getpid()}")
+    os.replace(dest, aside)
+    dest.mkdir()
+    return aside
+
+
+def discard_aside(aside: Path) -> None:
+    """The new output is committed: the old one goes (renamed first, so a kill mid-delete is not mistaken
+    for a failed replacement)."""
+    doomed = aside.with_name(aside.name.replace(".replaced-", ".discard-"))
+    os.replace(aside, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def restore_aside(dest: Path, aside: Path) -> None:
+    """The new output failed before it committed: put the old one back."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+    os.replace(aside, dest)
+    print(f"note: {dest} is back as it was (the run that was to replace it stopped before its first checkpoint)",
+          file=sys.stderr)
+
+
+def recover_asides(dest: Path, committed) -> None:
+    """Finish what killed replacements left next to ``dest`` (call holding ``dest``'s lock): an old output
+    whose replacement never committed (``committed(dest)`` false) is restored; any other is removed."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return
+    for doomed in dest.parent.glob(f".{dest.name}.discard-*"):
+        shutil.rmtree(doomed, ignore_errors=True)
+    for aside in sorted(dest.parent.glob(f".{dest.name}.replaced-*")):
+        if committed(dest):
+            discard_aside(aside)
+        else:
+            restore_aside(dest, aside)
+
+
 def replace_path(tmp: Path, dest: Path) -> None:
     """Move ``tmp`` to ``dest``, replacing whatever was there, with a window of at most one rename."""
     dest = Path(dest)
@@ -91,13 +149,13 @@ def replace_path(tmp: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: Path, overwrite: bool = False, what: str = "output") -> Iterator[Path]:
+def atomic_dir(dest: Path, overwrite: bool = False, what: str = "output", locked: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it becomes ``dest``, on any error (or SIGTERM) it is removed.
 
-    Holds ``dest``'s write lock throughout (one writer at a time) and first clears temp folders that a
-    killed writer left behind."""
+    Holds ``dest``'s write lock throughout (one writer at a time; ``locked``: the caller already holds
+    it) and first clears temp folders that a killed writer left behind."""
     dest = Path(dest)
-    with lock.exclusive(dest, what):
+    with contextlib.nullcontext() if locked else lock.exclusive(dest, what):
         check_destination(dest, overwrite, what)
         clear_stale_temps(dest)
         tmp = temp_sibling(dest)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from jepa_fast import atomic
+from jepa_fast import atomic, lock
 from jepa_fast.config import ProbeConfig
 from jepa_fast.data.reader import SplitData
 from jepa_fast.errors import JepaFastError
@@ -318,11 +318,16 @@ def run_probe(checkpoint: Path, data_root: Path, out: Path | None = None, cfg: P
     ckpt_path = Path(checkpoint)
     out = Path(out) if out else (ckpt_path if ckpt_path.is_dir() and not (ckpt_path / "state.pt").exists()
                                  else ckpt_path.parent.parent) / "probe"
-    atomic.check_destination(out, overwrite, "probe folder")  # refuse before the work, not after
-    model, config = load_checkpoint_model(checkpoint, dev)
-    results = probe_model(model, data_root, cfg, dev, precision)
-    command = f"jepa-fast train <packed data> --preset {config.get('preset', 'custom')}"
-    with atomic.atomic_dir(out, overwrite, "probe folder") as tmp:
-        write_outputs(results, tmp, count_parameters(model), command)
+    from jepa_fast.checkpoint import ckpt_dir
+
+    weights = ckpt_path if (ckpt_path / "state.pt").exists() else ckpt_dir(ckpt_path)  # what the probe reads
+    atomic.check_apart(out, {"data": data_root, "checkpoints": weights}, "probe folder")
+    with lock.exclusive(out, "probe folder"):  # taken first: a second prober is refused before any work
+        atomic.check_destination(out, overwrite, "probe folder")
+        model, config = load_checkpoint_model(checkpoint, dev)
+        results = probe_model(model, data_root, cfg, dev, precision)
+        command = f"jepa-fast train <packed data> --preset {config.get('preset', 'custom')}"
+        with atomic.atomic_dir(out, overwrite, "probe folder", locked=True) as tmp:
+            write_outputs(results, tmp, count_parameters(model), command)
     results["out"] = str(out)
     return results

@@ -70,11 +70,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise JepaFastError(f"{path}: no such file; expected the course project's model_weights.pth")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle errors, not a torch file at all
-        raise JepaFastError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120]}); re-copy the file") from None
+    obj = ckpt.load_file(path, "weights file")  # tensors and plain values only: never runs pickled code
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):

@@ -21,8 +21,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +40,7 @@ from jepa_fast.loss import jepa_loss
 from jepa_fast.metrics import MetricLogger, NonFiniteLoss, plot_losses
 from jepa_fast.model import JEPA, count_parameters, training_flops
 from jepa_fast.progress import step_bar
+from jepa_fast.stop import StopRequest
 
 log = logging.getLogger("jepa_fast.train")
 
@@ -99,6 +98,7 @@ class Training:
     params: list[torch.nn.Parameter]
     total: int  # optimizer steps of the whole run (the schedule's length)
     step: int = 0
+    replaced: Path | None = None  # an --overwrite's old run folder, set aside until the first checkpoint
 
 
 def train_step(t: Training, batch: Batch) -> dict[str, torch.Tensor]:
@@ -139,6 +139,9 @@ class Checkpointer:
         self.last = ckpt.save(self.out, t.step, state, self.rank, self.world, t.accelerator.wait_for_everyone,
                               t.run.train.keep_checkpoints)
         self.saved_step = t.step
+        if t.replaced is not None:  # the new run has its first checkpoint: the old one it replaces goes
+            atomic.discard_aside(t.replaced)
+            t.replaced = None
         return self.last
 
 
@@ -160,7 +163,10 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
     """
     out = Path(out)
     rank, world, local_rank = _dist_env()
+    atomic.check_apart(out, {"training data": data, "--init weights": init}, "run folder")
     with lock.exclusive(out, "run folder") if rank == 0 else contextlib.nullcontext():
+        if rank == 0:  # an --overwrite killed before its first checkpoint left the old run aside: put it back
+            atomic.recover_asides(out, lambda d: ckpt.latest(d) is not None)
         _check_output(out, resume, overwrite, init)
         if init is not None:
             run = _with_init_model(run, init)
@@ -176,11 +182,17 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
             log.info("%s: wall images vary within trajectories; encoding every frame (model.static_walls off)", store)
             run = dataclasses.replace(run, model=dataclasses.replace(run.model, static_walls=False))
         t, tb = _setup(run, out, resume, overwrite, loader, rank, world, device, machine, init)
-        if t.accelerator.is_main_process:
-            print(f"jepa-fast train | {count_parameters(t.model):,} params | {store} ({split.n:,} trajectories) | "
-                  f"loader {loader.mode} | {world} process(es) on {device.type} | {machine.header()} | "
-                  f"{t.total} steps ({len(loader)}/epoch)")
-        return _loop(t, loader, split, out, machine, tb, world, device, stop_at_step, progress, profile)
+        try:
+            _claim_output(t, out, resume, overwrite, machine, tb)
+            if t.accelerator.is_main_process:
+                print(f"jepa-fast train | {count_parameters(t.model):,} params | {store} ({split.n:,} trajectories) | "
+                      f"loader {loader.mode} | {world} process(es) on {device.type} | {machine.header()} | "
+                      f"{t.total} steps ({len(loader)}/epoch)")
+            return _loop(t, loader, split, out, machine, tb, world, device, stop_at_step, progress, profile)
+        except BaseException:
+            if t.replaced is not None:  # failed before its first checkpoint: the run it was to replace comes back
+                atomic.restore_aside(out, t.replaced)
+            raise
 
 
 def _loop(t: Training, loader, split: SplitData, out: Path, machine: hardware.Resolved, tb: bool, world: int,
@@ -198,7 +210,7 @@ def _loop(t: Training, loader, split: SplitData, out: Path, machine: hardware.Re
     stop_reason, compile_s, t_start = "done", None, time.perf_counter()
     batches = _epochs(loader)
     try:
-        with _Stop() as stop:
+        with StopRequest() as stop:
             while t.step < t.total:
                 t_wait = time.perf_counter()
                 batch = next(batches)
@@ -219,7 +231,7 @@ def _loop(t: Training, loader, split: SplitData, out: Path, machine: hardware.Re
                     checkpointer.save()
                 if bar is not None:
                     bar.update(1)
-                if _should_stop(stop, at_log, world, device):
+                if stop.agreed(at_log, world, device):
                     stop_reason = "SIGTERM"
                     break
                 if stop_at_step is not None and t.step >= stop_at_step:
@@ -307,30 +319,34 @@ def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, ran
     t = Training(run, model, step_module, optimizer, scheduler, accelerator, params, total)
     if resume:
         _restore(t, out, loader, rank, world, machine)
-    if accelerator.is_main_process:  # every check has passed: only now does the run folder change
-        if overwrite and not resume and out.is_dir():
-            for old in out.iterdir():
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.atomic_write_text(out / "config.json", json.dumps(to_dict(run), indent=2))  # as asked: 'auto' kept
-        atomic.atomic_write_text(out / "resolved.json", json.dumps(machine.as_dict(), indent=2))  # on this machine
-        if resume:  # steps logged after the checkpoint were lost with the kill: the log continues from it
-            metrics_mod.truncate_jsonl(out / "metrics.jsonl", t.step)
-    accelerator.wait_for_everyone()
     if machine.compile:
         torch._dynamo.config.allow_rnn = True  # trace the GRU instead of breaking the graph on it
         if world > 1:
             torch._dynamo.config.optimize_ddp = False  # one graph; DDP's hooks still all-reduce grads
         t.forward_loss = torch.compile(step_module, fullgraph=True)
-    if tb:
-        accelerator.init_trackers("tensorboard", config=flat_config(to_dict(run)))
     return t, tb
 
 
+def _claim_output(t: Training, out: Path, resume: bool, overwrite: bool, machine: hardware.Resolved,
+                  tb: bool) -> None:
+    """Every check has passed: only now does the run folder change. An --overwrite sets the old run aside
+    (``t.replaced``) until the new one's first checkpoint; the TensorBoard writer starts after that."""
+    if t.accelerator.is_main_process:
+        if overwrite and not resume and out.is_dir() and any(out.iterdir()):
+            t.replaced = atomic.set_aside(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.atomic_write_text(out / "config.json", json.dumps(to_dict(t.run), indent=2))  # as asked: 'auto' kept
+        atomic.atomic_write_text(out / "resolved.json", json.dumps(machine.as_dict(), indent=2))  # on this machine
+        if resume:  # steps logged after the checkpoint were lost with the kill: the log continues from it
+            metrics_mod.truncate_jsonl(out / "metrics.jsonl", t.step)
+    t.accelerator.wait_for_everyone()
+    if tb:
+        t.accelerator.init_trackers("tensorboard", config=flat_config(to_dict(t.run)))
+
+
 def _restore(t: Training, out: Path, loader, rank: int, world: int, machine: hardware.Resolved) -> None:
-    t.step, resolved_before = ckpt.restore(out, rank, world, to_dict(t.run), t.model, t.optimizer, t.scheduler,
-                                           loader.sampler)
-    changed = machine.changes_from(resolved_before)
+    t.step, saved = ckpt.restore(out, rank, world, to_dict(t.run), t.model, t.optimizer, t.scheduler, loader.sampler)
+    changed = machine.changes_from(saved.get("resolved"))
     if changed and t.accelerator.is_main_process:
         print(f"resumed on a machine that resolves 'auto' differently: {changed}")
 
@@ -357,35 +373,3 @@ def _dist_env() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the launcher's environment, read before Accelerate starts."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
             int(os.environ.get("LOCAL_RANK", 0)))
-
-
-class _Stop:
-    """SIGTERM -> finish the current step, save a checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._prev = None
-
-    def __enter__(self):
-        self._prev = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._prev)
-
-
-def _should_stop(stop: _Stop, at_log: bool, world: int, device: torch.device) -> bool:
-    """One process: the flag itself. Several: agree at log cadence (an all-reduce), so all stop together."""
-    if world == 1:
-        return stop.requested
-    if not at_log:
-        return False
-    import torch.distributed as dist
-
-    flag = torch.tensor([1.0 if stop.requested else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())

@@ -145,7 +145,7 @@ def _reshaped(sd):
 
 
 @pytest.mark.parametrize("damage,needle", [
-    ("truncate", "not a readable torch checkpoint"),
+    ("truncate", "model_weights.pth: unreadable weights file"),
     ("rename", "key 'rnn.weight_hh_l1' is missing (expected shape (384, 128))"),
     ("reshape", "key 'out.weight' has shape (128, 64), expected (128, 128)"),
     ("wrapped", None),  # {'model': state_dict} is accepted

@@ -54,7 +54,16 @@ def config_from_args(args):
     from jepa_fast.config import AUGMENT_PRESETS, resolve, run_config_from_dict, run_preset
 
     if args.resume and (args.out / "config.json").exists():
-        base = run_config_from_dict(json.loads((args.out / "config.json").read_text()))
+        f = args.out / "config.json"
+        try:
+            saved = json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise JepaFastError(f"{f}: not valid JSON ({e}); it is damaged: restore it, or start a new run from the "
+                                "weights with --init") from None
+        try:
+            base = run_config_from_dict(saved)
+        except JepaFastError as e:
+            raise JepaFastError(f"{f}: {e}") from None
     else:
         base = run_preset(args.preset)
     flags = {key: getattr(args, attr) for attr, key in TRAIN_FLAGS.items() if getattr(args, attr) is not None}

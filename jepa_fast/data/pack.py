@@ -94,6 +94,7 @@ def pack_split(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: b
     N, T, C, H, W = source.states.shape
     k = cfg.trajectories_per_shard(T * C * H * W)
     options = {"codec": cfg.codec, "zstd_level": cfg.zstd_level, "k": k, "scale_mode": cfg.scale}
+    atomic.check_apart(dst, {"source": src}, "store")
     with lock.exclusive(dst, "store"):
         if resume and _packed_from(dst, source, options):  # finished before the interruption: keep it
             print(f"{dst}: already packed from this source with these options; kept")
@@ -293,8 +294,10 @@ def pack_path(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bo
     for s in splits:
         open_source(src / s)  # validate every split before writing any
     partial = dst.with_name(dst.name + ".partial")
+    atomic.check_apart(dst, {"source": src}, "packed dataset folder")
     with lock.exclusive(dst, "packed dataset folder"):
         atomic.check_destination(dst, overwrite, "packed dataset folder")
+        before = set(os.listdir(dst)) if dst.is_dir() else set()
         if partial.exists() and not resume:
             if not overwrite:
                 raise JepaFastError(f"{partial} holds an interrupted pack of a dataset root; pass --resume to continue "
@@ -311,6 +314,11 @@ def pack_path(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bo
         except JepaFastError:
             shutil.rmtree(partial, ignore_errors=True)  # bad input: nothing new stays behind
             raise
+        appeared = sorted(set(os.listdir(dst)) - before) if dst.is_dir() else []
+        if appeared:  # written by something else while we packed: never replace what we did not see
+            raise JepaFastError(f"{dst / appeared[0]} appeared in {dst} while this pack ran (written by another "
+                                f"program); the packed splits wait in {partial}: move it out of {dst} and run the "
+                                "same pack with --resume")
         atomic.replace_path(partial, dst)
     for r in out:
         r["store"] = str(dst / Path(r["store"]).relative_to(partial))
