@@ -99,6 +99,7 @@ class Training:
     total: int  # optimizer steps of the whole run (the schedule's length)
     step: int = 0
     replaced: Path | None = None  # an --overwrite's old run folder, set aside until the first checkpoint
+    data: dict = dataclasses.field(default_factory=dict)  # the training data's identity, recorded in checkpoints
 
 
 def train_step(t: Training, batch: Batch) -> dict[str, torch.Tensor]:
@@ -135,7 +136,8 @@ class Checkpointer:
             return self.last
         state = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
                  "scheduler": t.scheduler.state_dict(), "step": t.step, "sampler": self.sampler.state_dict(),
-                 "config": to_dict(t.run), "resolved": self.machine.as_dict(), "params": count_parameters(t.model)}
+                 "config": to_dict(t.run), "resolved": self.machine.as_dict(), "data": t.data,
+                 "params": count_parameters(t.model)}
         self.last = ckpt.save(self.out, t.step, state, self.rank, self.world, t.accelerator.wait_for_everyone,
                               t.run.train.keep_checkpoints)
         self.saved_step = t.step
@@ -151,12 +153,13 @@ class Checkpointer:
 
 def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_step: int | None = None,
           progress: bool = True, profile: Path | None = None, init: Path | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, other_data: bool = False) -> dict:
     """Train; returns a summary. ``stop_at_step`` ends the loop early (as an interruption would);
     ``profile`` writes a torch.profiler (Chrome) trace of steps 3-6 there; ``init`` starts from the
     weights of a checkpoint, a run folder or the course project's model_weights.pth (a fine-tune: fresh
     optimizer, schedule and data position; the model config comes with the weights); ``overwrite``
-    replaces what a non-empty ``out`` holds. The run folder is locked (one writer) for the whole run.
+    replaces what a non-empty ``out`` holds; ``other_data`` lets a resume continue on data other than the
+    run's (refused by default). The run folder is locked (one writer) for the whole run.
 
     ``run`` is the configuration as asked for: machine-dependent fields may be ``auto``, resolved here
     for this machine (``hardware.resolve``) and recorded apart from it (``resolved.json``, checkpoints).
@@ -181,7 +184,10 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
         if run.model.static_walls and not split.reader.attrs.get("walls_static", False):
             log.info("%s: wall images vary within trajectories; encoding every frame (model.static_walls off)", store)
             run = dataclasses.replace(run, model=dataclasses.replace(run.model, static_walls=False))
-        t, tb = _setup(run, out, resume, overwrite, loader, rank, world, device, machine, init)
+        t, tb = _setup(run, out, loader, world, device, machine, init)
+        t.data = {"store": str(store.resolve()), "fingerprint": split.reader.fingerprint(), "n": split.n}
+        if resume:
+            _restore(t, out, loader, rank, world, machine, other_data)
         try:
             _claim_output(t, out, resume, overwrite, machine, tb)
             if t.accelerator.is_main_process:
@@ -284,8 +290,8 @@ def _with_init_model(run: RunConfig, init: Path) -> RunConfig:
     return dataclasses.replace(run, model=model_cfg)
 
 
-def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, rank: int, world: int,
-           device: torch.device, machine: hardware.Resolved, init: Path | None) -> tuple[Training, bool]:
+def _setup(run: RunConfig, out: Path, loader, world: int, device: torch.device, machine: hardware.Resolved,
+           init: Path | None) -> tuple[Training, bool]:
     """Accelerate, the model and optimizer (restored from the latest checkpoint on resume), the compiled step."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -317,8 +323,6 @@ def _setup(run: RunConfig, out: Path, resume: bool, overwrite: bool, loader, ran
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_schedule(s, total, run.train.warmup_steps, run.train.min_lr_ratio))
     t = Training(run, model, step_module, optimizer, scheduler, accelerator, params, total)
-    if resume:
-        _restore(t, out, loader, rank, world, machine)
     if machine.compile:
         torch._dynamo.config.allow_rnn = True  # trace the GRU instead of breaking the graph on it
         if world > 1:
@@ -344,8 +348,17 @@ def _claim_output(t: Training, out: Path, resume: bool, overwrite: bool, machine
         t.accelerator.init_trackers("tensorboard", config=flat_config(to_dict(t.run)))
 
 
-def _restore(t: Training, out: Path, loader, rank: int, world: int, machine: hardware.Resolved) -> None:
+def _restore(t: Training, out: Path, loader, rank: int, world: int, machine: hardware.Resolved,
+             other_data: bool) -> None:
     t.step, saved = ckpt.restore(out, rank, world, to_dict(t.run), t.model, t.optimizer, t.scheduler, loader.sampler)
+    before = saved.get("data") or {}
+    if before.get("fingerprint") not in (None, t.data["fingerprint"]):
+        if not other_data:
+            raise JepaFastError(f"--resume: {out} was trained on other data ({before.get('store')}, fingerprint "
+                                f"{str(before['fingerprint'])[:12]}; this is {t.data['store']}, "
+                                f"{t.data['fingerprint'][:12]}): resume on the data it trained on, or pass "
+                                "--other-data to continue on this one")
+        print(f"note: resuming on other data than the run's ({t.data['store']}), as --other-data asks")
     changed = machine.changes_from(saved.get("resolved"))
     if changed and t.accelerator.is_main_process:
         print(f"resumed on a machine that resolves 'auto' differently: {changed}")

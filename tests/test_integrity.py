@@ -121,7 +121,7 @@ def test_schema_1_stores_are_still_read_with_a_note(tiny_root, tmp_path, caplog)
         r.verify()
     assert r.version == 1 and not r.codec.checksum
     notes = [rec.getMessage() for rec in caplog.records if "schema version 1" in rec.getMessage()]
-    assert len(notes) == 1 and "no chunk checksums" in notes[0]
+    assert len(notes) == 1 and "no checksums" in notes[0]
     np.testing.assert_array_equal(r.decode(3), q[3])
     assert bytes(r.codec.raw_block(r.chunk(3))) == bytes(r.chunk(3))[4:]  # schema 1: no CRC after the block
 

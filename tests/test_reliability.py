@@ -266,3 +266,95 @@ def test_a_binary_latest_pointer_falls_back_to_the_newest_complete_checkpoint(ti
     (run / "checkpoints" / "latest").write_bytes(b"\xff\xfe\x00garbage")
     assert ckpt.latest(run).name == "step_0000006"
     assert "does not name a complete checkpoint" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# 8: corruption that keeps every CRC valid is caught by content, not by position
+
+
+def _two_swapped(store):
+    from jepa_fast.data import schema
+
+    a, b = schema.shard_path(store, 1), schema.shard_path(store, 3)
+    da, db = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db)
+    b.write_bytes(da)
+
+
+def _deleted_and_listed_absent(store):
+    import zarr
+
+    from jepa_fast.data import schema
+
+    schema.shard_path(store, 2).unlink()
+    g = zarr.open_group(str(store), mode="r+")
+    g.attrs["absent_shards"] = sorted([*g.attrs["absent_shards"], 2])
+
+
+def _scale_edited(store):
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r+")
+    g.attrs["scale"] = [2 * v for v in g.attrs["scale"]]
+
+
+def _actions_rewritten(store):
+    import numpy as np
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r+")
+    g["actions"][...] = np.asarray(g["actions"][...])[::-1]  # zarr writes them with valid CRCs
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (_two_swapped, "holds other bytes than were written as shard 1"),
+    (_deleted_and_listed_absent, "do not match their checksum"),
+    (_scale_edited, "do not match their checksum"),
+    (_actions_rewritten, "actions: holds other values than were packed"),
+])
+def test_damage_that_keeps_crcs_valid_is_caught(packed_copy, tmp_path, capsys, damage, needle):
+    store = packed_copy / "train.zarr"
+    damage(store)
+    assert cli.main(["inspect", str(store), "--verify"]) == 2
+    one_line(capsys, needle)
+    assert cli.main(["train", str(packed_copy), "--preset", "tiny", "--out", str(tmp_path / "r")]) == 2
+    one_line(capsys, needle)
+
+
+def test_schema_2_stores_are_still_read_with_a_note(packed_copy, caplog):
+    import logging
+
+    import zarr
+
+    from jepa_fast.data.reader import StoreReader
+
+    store = packed_copy / "probe_wall" / "val.zarr"
+    g = zarr.open_group(str(store), mode="r+")
+    del g.attrs["integrity"]
+    g.attrs["schema_version"] = 2
+    with caplog.at_level(logging.WARNING):
+        r = StoreReader(store)
+        assert r.verify() == 64 and len(r.fingerprint()) == 64
+    assert any("schema version 2 store: no content binding" in rec.getMessage() for rec in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9: a resume on other data, or without its RNG state, is refused
+
+
+def test_a_resume_on_other_data_is_refused_unless_asked(tiny_run, tmp_path, capsys):
+    from jepa_fast.config import SimConfig, dataset_preset
+    from jepa_fast.data.pack import pack_path
+    from jepa_fast.sim.generate import generate_dataset
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    other = tmp_path / "other"
+    generate_dataset(tmp_path / "raw", dataset_preset("tiny", splits=["train"]), SimConfig(), seed=1, progress=False)
+    pack_path(tmp_path / "raw", other, progress=False)  # the same size, another seed
+    argv = ["train", str(other), "--out", str(run), "--resume", "--no-progress"]
+    assert cli.main(argv) == 2
+    one_line(capsys, "was trained on other data", "--other-data")
+    assert ckpt.latest(run).name == "step_0000006"
+    assert cli.main([*argv, "--other-data"]) == 0
+    assert "resuming on other data" in capsys.readouterr().out

@@ -25,7 +25,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "tiny (tests)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs, plots)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace what a non-empty --out holds")
+    p.add_argument("--overwrite", action="store_true", help="replace what a non-empty --out holds (the old run stays "
+                   "until the new one has its first checkpoint)")
+    p.add_argument("--other-data", action="store_true",
+                   help="with --resume: continue on data other than the run's (refused by default)")
     p.add_argument("--init", type=Path, default=None, metavar="RUN_OR_WEIGHTS",
                    help="start from these weights (a fine-tune: fresh optimizer, schedule and data position): a "
                    "checkpoint or run folder, or the course project's model_weights.pth")
@@ -89,7 +92,7 @@ def _cmd_train(args) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     train(config_from_args(args), args.data, args.out, resume=args.resume, progress=not args.no_progress,
-          init=args.init, overwrite=args.overwrite)
+          init=args.init, overwrite=args.overwrite, other_data=args.other_data)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -151,6 +151,7 @@ def _pack_split_locked(source: Source, dst: Path, cfg: PackConfig, k: int, optio
             writer = StoreWriter(partial, N, T, C, H, W, k, codec, np.array(state["scale"]),
                                  source.locations is not None, _source_attrs(source), create=create)
             writer.absent = set(state.get("absent", []))
+            writer.shard_crc = {int(s): c for s, c in state.get("shard_crc", {}).items()}
             writer.check_written(state["done"] // k)  # what a resume keeps must still be there
             _save_progress(partial, state)
             try:
@@ -229,7 +230,7 @@ def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int,
                     bar.update((done - state["done"]) * T)
                     state["done"] = done
                     state["value_max"] = value_max.tolist()
-                    state["absent"] = sorted(writer.absent)  # all-empty shards written so far (not missing ones)
+                    state.update(writer.progress())  # all-empty shards and the CRCs of those written so far
                     _save_progress(writer.path, state)  # tiny file, no fsync: cheap at every block
             while pending:
                 done, fut, _ = pending.popleft()
@@ -241,7 +242,7 @@ def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int,
                 fut.cancel()
             bar.close()
     state["value_max"] = value_max.tolist()
-    state["absent"] = sorted(writer.absent)
+    state.update(writer.progress())
     _save_progress(writer.path, state)
 
 

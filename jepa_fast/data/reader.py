@@ -9,6 +9,7 @@ sampling or augmentation: the loaders apply a plan's flips (``batch.py``).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,18 +20,24 @@ import numpy as np
 
 from jepa_fast.data.schema import (
     FORMAT_NAME,
+    INTEGRITY_FIELDS,
     MAX_U64,
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     ChunkChecksumError,
     ChunkCodec,
+    array_crc,
+    crc32c,
+    integrity_digest,
     shard_path,
 )
 from jepa_fast.errors import JepaFastError
 from jepa_fast.progress import frame_bar
 
 log = logging.getLogger(__name__)
-_NOTED: set[str] = set()  # stores whose schema-1 note was already printed
+_NOTED: set[str] = set()  # stores whose old-schema note was already printed
+_CANNOT = {1: "no checksums: corruption and missing shards cannot be detected",
+           2: "no content binding: swapped shards or edited attrs cannot be detected"}
 
 
 def store_nbytes(path: Path) -> int:
@@ -68,8 +75,7 @@ class StoreReader:
         self.version = version
         if version < SCHEMA_VERSION and str(self.path) not in _NOTED:
             _NOTED.add(str(self.path))
-            log.warning("%s: schema version %s store: no chunk checksums, so corruption and missing shards cannot be "
-                        "detected; re-pack it to upgrade", self.path, version)
+            log.warning("%s: schema version %s store: %s; re-pack it to upgrade", self.path, version, _CANNOT[version])
         if not attrs.get("complete"):
             raise JepaFastError(f"{self.path}: incomplete store (an interrupted pack?); re-run jepa-fast pack")
         names = set(group.array_keys())
@@ -91,6 +97,7 @@ class StoreReader:
         self.k, self.scale = self._check_attrs(attrs, group, names, shard_rows)
         self.traj_bytes = self.T * self.C * self.H * self.W
         self._group = group
+        self._checked: set[int] = set()  # shards whose content was checked against their position
         self._parse_indices()
         self._blob: np.ndarray | None = None
 
@@ -117,7 +124,23 @@ class StoreReader:
         if self.version >= 2 and not isinstance(absent, list):
             raise bad("absent_shards", f"= {absent!r} is not a list")
         self._absent = set(absent) if self.version >= 2 else None
+        self._integrity = self._check_integrity(attrs, shard_rows, bad) if self.version >= 3 else None
         return shard_rows, np.asarray(scale, dtype=np.float64)
+
+    def _check_integrity(self, attrs: dict, k: int, bad) -> dict:
+        """Schema 3: the value-bearing attrs and the per-shard/array CRCs must match their digest."""
+        integ = attrs.get("integrity")
+        n_shards = -(-self.n // k)
+        if (not isinstance(integ, dict) or not isinstance(integ.get("shards"), list)
+                or len(integ["shards"]) != n_shards or not isinstance(integ.get("arrays"), dict)):
+            raise bad("integrity", "is missing or malformed")
+        if integrity_digest(attrs, integ["shards"], integ["arrays"]) != integ.get("digest"):
+            raise bad("values", "(n, seq_len, scale, absent_shards, ...) do not match their checksum: the metadata was "
+                      "edited or damaged")
+        for s, c in enumerate(integ["shards"]):
+            if (c is None) != (s in self._absent):
+                raise bad("absent_shards", f"disagree with the shard checksums at shard {s}")
+        return integ
 
     # index ------------------------------------------------------------------------------------
     def _parse_indices(self) -> None:
@@ -175,23 +198,40 @@ class StoreReader:
         return self._blob is not None
 
     def load_to_ram(self) -> None:
-        """Read every stored chunk into one contiguous buffer (compressed), ordered by trajectory."""
+        """Read every stored chunk into one contiguous buffer (compressed), ordered by trajectory, checking
+        each shard file's CRC32C against its position (schema 3) or each chunk's (schema 2) as it enters RAM."""
         if self._blob is not None:
             return
         starts = np.concatenate([[0], np.cumsum(self.chunk_nbytes)[:-1]]).astype(np.int64)
         blob = np.empty(int(self.chunk_nbytes.sum()), dtype=np.uint8)
         for s in np.nonzero(self.shard_size)[0]:
             lo, hi = s * self.k, min(self.n, (s + 1) * self.k)
-            data = shard_path(self.path, s).read_bytes()
+            data = self._shard_bytes(int(s))
             for i in range(lo, hi):
                 nb = self.chunk_nbytes[i]
                 if nb:
                     o = self.chunk_offset[i]
                     chunk = np.frombuffer(data, np.uint8, nb, o)
-                    self._check(i, chunk)  # every chunk's CRC32C, once, as it enters RAM (~10 GB/s)
+                    if self._integrity is None:
+                        self._check(i, chunk)  # every chunk's CRC32C, once, as it enters RAM (~10 GB/s)
                     blob[starts[i]:starts[i] + nb] = chunk
         self._blob = blob
         self.chunk_global = starts
+
+    def _shard_bytes(self, s: int) -> bytes:
+        """A shard file's bytes; in schema 3 checked against the CRC32C recorded for position s."""
+        p = shard_path(self.path, s)
+        data = p.read_bytes()
+        if self._integrity is not None:
+            if crc32c(data) != self._integrity["shards"][s]:
+                lo, hi = s * self.k, min(self.n, (s + 1) * self.k)
+                for i in range(lo, hi):  # a damaged chunk is named by its own CRC; else the file is not this shard
+                    if self.chunk_nbytes[i]:
+                        self._check(i, np.frombuffer(data, np.uint8, self.chunk_nbytes[i], self.chunk_offset[i]))
+                raise JepaFastError(f"{p}: holds other bytes than were written as shard {s} (trajectories "
+                                    f"{lo}-{hi - 1}): a swapped, replaced or damaged file; re-pack the split")
+            self._checked.add(s)
+        return data
 
     def _check(self, i: int, chunk) -> memoryview:
         try:
@@ -209,7 +249,10 @@ class StoreReader:
         if self._blob is not None:
             g = int(self.chunk_global[i])
             return memoryview(self._blob)[g:g + nb]
-        fd = os.open(shard_path(self.path, int(self.chunk_shard[i])), os.O_RDONLY)
+        s = int(self.chunk_shard[i])
+        if self._integrity is not None and s not in self._checked:
+            self._shard_bytes(s)  # once per shard: its content must be what was written at this position
+        fd = os.open(shard_path(self.path, s), os.O_RDONLY)
         try:
             return memoryview(os.pread(fd, nb, int(self.chunk_offset[i])))
         finally:
@@ -243,10 +286,26 @@ class StoreReader:
 
     def _small(self, name: str) -> np.ndarray:
         try:
-            return np.asarray(self._group[name][...])
+            a = np.asarray(self._group[name][...])
         except Exception as e:  # zarr's crc32c codec, a missing or truncated chunk file, ...
             raise JepaFastError(f"{self.path / name}: unreadable ({type(e).__name__}: {str(e)[:100]}); the store is "
                                 "corrupt, re-pack the split") from None
+        if self._integrity is not None and array_crc(a) != self._integrity["arrays"].get(name):
+            raise JepaFastError(f"{self.path / name}: holds other values than were packed (swapped or edited chunk "
+                                "files); re-pack the split")
+        return a
+
+    def fingerprint(self) -> str:
+        """What identifies this store's content: the integrity digest (schema 3), else a digest of the
+        value-bearing attrs and every shard index."""
+        if self._integrity is not None:
+            return self._integrity["digest"]
+        import hashlib
+
+        h = hashlib.sha256(json.dumps({k: self.attrs.get(k) for k in INTEGRITY_FIELDS}, sort_keys=True).encode())
+        h.update(self.chunk_offset.tobytes())
+        h.update(self.chunk_nbytes.tobytes())
+        return h.hexdigest()
 
     def verify(self, progress: bool = False) -> int:
         """Check every chunk's CRC32C and decode it, and the small arrays; returns the number of chunks checked.

@@ -21,7 +21,16 @@ empty chunk) followed by the CRC32C of those bytes. A shard whose chunks are all
 (zarr's convention); ``attrs["absent_shards"]`` lists those, so a missing shard file is an error, never
 zeros. actions and locations are zstd + crc32c zarr arrays.
 
-Schema 1 (no CRCs, no absent_shards) is still read, with a one-line note that it carries no checksums.
+Schema 3 binds content to position and covers the attrs that change values with a checksum:
+``attrs["integrity"]`` holds the CRC32C of every shard file (by shard index; None for an absent
+shard), the CRC32C of the actions and locations arrays' float32 bytes, and ``digest``, the SHA-256 of
+the value-bearing attrs (n, seq_len, channels, image_size, scale, codec, trajectories_per_shard,
+absent_shards, walls_static) together with those CRCs. So two swapped shard files, a shard deleted and
+listed in ``absent_shards``, or an edited ``scale`` are caught by content, not just a flipped byte; the
+digest is also the store's fingerprint (what a checkpoint records about its training data).
+
+Schemas 1 (no CRCs, no absent_shards) and 2 (chunk CRCs, no content binding) are still read, with a
+one-line note saying what they cannot detect.
 
 Quantisation of float input: q = floor(x / scale + 0.5) with a per-channel scale >= max / 255, so
 |q * scale - x| <= scale / 2 everywhere (no clipping: a value that would clip makes the packer repack
@@ -41,10 +50,14 @@ import numpy as np
 from jepa_fast.errors import JepaFastError
 
 FORMAT_NAME = "jepa-fast-zarr"
-SCHEMA_VERSION = 2
-"""2: every chunk (and the small arrays) carries a CRC32C, and attrs list the legitimately absent shards.
-1: no checksums (still read, with a note)."""
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+"""3: content bound to position (per-shard and per-array CRCs) and the value-bearing attrs under one digest.
+2: every chunk (and the small arrays) carries a CRC32C, and attrs list the legitimately absent shards.
+1: no checksums. Versions 1 and 2 are still read, with a note."""
+READABLE_VERSIONS = (1, 2, 3)
+INTEGRITY_FIELDS = ("n", "seq_len", "channels", "image_size", "scale", "codec", "trajectories_per_shard",
+                    "absent_shards", "walls_static")
+"""The attrs whose values change what the data means: covered by the integrity digest (schema 3)."""
 MAX_U64 = 2**64 - 1
 """The shard index's marker of an empty (not stored, all-zero) chunk."""
 
@@ -212,6 +225,26 @@ def walls_static(q: np.ndarray) -> bool:
     """Is channel 1 (walls) of q (N, T, C, H, W) identical across T in every trajectory?"""
     return bool(q.shape[2] > 1 and (q[:, 1:, 1] == q[:, :1, 1]).all())
 
+
+
+def crc32c(data) -> int:
+    import google_crc32c
+
+    return int(google_crc32c.value(bytes(data) if isinstance(data, memoryview) else data))
+
+
+def array_crc(a: np.ndarray) -> int:
+    """CRC32C of a small array's float32 bytes (actions, locations)."""
+    return crc32c(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+
+
+def integrity_digest(attrs: dict, shards: list, arrays: dict) -> str:
+    """SHA-256 over the value-bearing attrs and the per-shard and per-array CRCs (schema 3)."""
+    import hashlib
+    import json
+
+    payload = {**{k: attrs.get(k) for k in INTEGRITY_FIELDS}, "shards": shards, "arrays": arrays}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def shard_path(store: Path, s: int) -> Path:

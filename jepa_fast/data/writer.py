@@ -14,7 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from jepa_fast.data.schema import FORMAT_NAME, MAX_U64, SCHEMA_VERSION, ChunkCodec, quantize, shard_path, walls_static
+from jepa_fast.data.schema import (
+    FORMAT_NAME,
+    MAX_U64,
+    SCHEMA_VERSION,
+    ChunkCodec,
+    array_crc,
+    crc32c,
+    integrity_digest,
+    quantize,
+    shard_path,
+    walls_static,
+)
 from jepa_fast.errors import JepaFastError
 
 
@@ -63,6 +74,7 @@ class StoreWriter:
         self.scale = np.asarray(scale, dtype=np.float64)
         self.has_locations = has_locations
         self.absent: set[int] = set()  # shards with no file (every chunk empty); a resume restores it
+        self.shard_crc: dict[int, int] = {}  # CRC32C of every shard file written (schema 3); a resume restores it
         self._absent_lock = threading.Lock()
         if create:
             group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
@@ -95,15 +107,25 @@ class StoreWriter:
             p.unlink(missing_ok=True)
             with self._absent_lock:
                 self.absent.add(s)
+                self.shard_crc.pop(s, None)
             return 0
         with self._absent_lock:
             self.absent.discard(s)
+            self.shard_crc[s] = crc32c(data)
         # Written in place: the store as a whole is atomic (it lives in <dst>.partial until complete),
         # and a resume rewrites every shard past the last recorded one, torn or not.
         os.makedirs(p.parent, exist_ok=True)
-        with open(p, "wb") as f:
-            f.write(data)
+        try:
+            with open(p, "wb") as f:
+                f.write(data)
+        except OSError as e:  # name the file (a failed write() alone does not)
+            raise OSError(e.errno, e.strerror, str(p)) from None
         return len(data)
+
+    def progress(self) -> dict:
+        """What a resume needs to restore about the shards written so far (taken under the writers' lock)."""
+        with self._absent_lock:
+            return {"absent": sorted(self.absent), "shard_crc": {str(s): c for s, c in self.shard_crc.items()}}
 
     def check_written(self, upto: int) -> None:
         """Shards [0, upto) are on disk, or recorded as all-empty: a shard deleted from a partial store must
@@ -130,11 +152,17 @@ class StoreWriter:
         group = zarr.open_group(str(self.path), mode="r+")
         group["actions"][...] = np.asarray(actions, dtype=np.float32)
         stats = {"action_mean": _mean(actions), "action_std": _std(actions)}
+        arrays = {"actions": array_crc(actions), "locations": None}
         if self.has_locations:
             group["locations"][...] = np.asarray(locations, dtype=np.float32)
             stats.update(location_mean=_mean(locations), location_std=_std(locations))
+            arrays["locations"] = array_crc(locations)
         self.check_written(self.n_shards)
-        group.attrs.update({**extra_attrs, "stats": stats, "absent_shards": sorted(self.absent), "complete": True})
+        attrs = {**dict(group.attrs), **extra_attrs, "stats": stats, "absent_shards": sorted(self.absent)}
+        shards = [self.shard_crc.get(s) for s in range(self.n_shards)]
+        integrity = {"shards": shards, "arrays": arrays, "digest": integrity_digest(attrs, shards, arrays)}
+        group.attrs.update({**extra_attrs, "stats": stats, "absent_shards": sorted(self.absent),
+                            "integrity": integrity, "complete": True})
 
 
 
