@@ -181,9 +181,26 @@ def atomic_write_bytes(dest: Path, data: bytes, fsync: bool = True) -> None:
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, dest)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(dest)) from None  # name the file (a failed write() does not)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one whole line to a log (JSONL): a write cut short (a full disk) is undone, so the file never
+    ends in half a line, and the OSError names the file."""
+    with open(path, "a") as f:
+        pos = f.tell()
+        try:
+            f.write(line.rstrip("\n") + "\n")
+            f.flush()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                f.truncate(pos)
+            raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def atomic_write_text(dest: Path, text: str) -> None:

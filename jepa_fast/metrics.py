@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+from jepa_fast import atomic
+from jepa_fast.errors import JepaFastError
 
 # dense bf16 peak FLOP/s of GPUs we know (for MFU); elsewhere MFU is not reported
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -76,7 +80,8 @@ class MetricLogger:
             sums = self.reduce(sums, reduction="mean")
         values = {k: float(v) / self._n for k, v in zip(keys, sums.tolist())}  # sync point
         if not all(math.isfinite(v) for v in values.values()):
-            raise NonFiniteLoss(f"loss became NaN/Inf between steps {step - self._n + 1} and {step}")
+            at = f"at step {step}" if self._n == 1 else f"between steps {step - self._n + 1} and {step}"
+            raise NonFiniteLoss(f"loss became NaN/Inf {at}")
         rec = {"step": step, **values, "lr": lr}
         if self._n_timed:  # no throughput for a window that holds only a compiling step
             rec.update(timed_steps=self._n_timed, seconds=elapsed, ms_per_step=1e3 * elapsed / self._n_timed,
@@ -94,14 +99,22 @@ class MetricLogger:
         rec.update(extra or {})
         if self.is_main:
             if self.jsonl:
-                with open(self.jsonl, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                atomic.append_line(self.jsonl, json.dumps(rec))  # whole lines, or nothing
             if self.accelerator is not None:
-                self.accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=step)
+                self._tensorboard({k: v for k, v in rec.items() if k != "step"}, step)
         self._sums, self._n, self._n_timed, self._wait = {}, 0, 0, 0.0
         self._t0 = time.perf_counter()
         self.last = rec
         return rec
+
+    def _tensorboard(self, values: dict, step: int) -> None:
+        """TensorBoard is a convenience: when its writer fails (a full disk), say so once and go on with the
+        JSONL log, which the run depends on."""
+        try:
+            self.accelerator.log(values, step=step)
+        except Exception as e:
+            print(f"note: TensorBoard logging stopped ({_reason(e)}); metrics.jsonl goes on", file=sys.stderr)
+            self.accelerator = None
 
     def line(self, rec: dict) -> str:
         width = len(str(self.total))
@@ -119,16 +132,35 @@ class MetricLogger:
         return " | ".join(parts)
 
 
+def _records(path: Path, say: bool) -> tuple[list[str], list[dict]]:
+    """(lines, records) of a JSONL log. A last line that is not whole JSON is torn (a write cut short by a kill or
+    a full disk): dropped, and said if ``say``. A torn line before the last is damage and an error."""
+    lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if i < len(lines) - 1:
+                raise JepaFastError(f"{path}: line {i + 1} is not a JSON record (damaged log); fix or remove that "
+                                    "line") from None
+            if say:
+                print(f"note: {path}: dropped a torn last line (a write cut short)", file=sys.stderr)
+            return lines[:i], records
+        records.append(rec if isinstance(rec, dict) else {})
+    return lines, records
+
+
 def truncate_jsonl(path: Path, step: int) -> None:
-    """Drop the records after ``step`` (logged by a run that was then killed before its next checkpoint)."""
+    """Drop the records after ``step`` (logged by a run that was then killed before its next checkpoint), and a
+    torn last line."""
     path = Path(path)
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(keep) != len(lines):
-        from jepa_fast import atomic
-
+    whole = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines, records = _records(path, say=True)
+    keep = [line for line, rec in zip(lines, records) if rec.get("step", 0) <= step]
+    if len(keep) != len(whole):
         atomic.atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
@@ -136,7 +168,7 @@ def read_jsonl(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _records(path, say=False)[1]
 
 
 def plot_losses(jsonl: Path, out: Path) -> None:
@@ -155,6 +187,51 @@ def plot_losses(jsonl: Path, out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # the loop's observability helpers
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, OSError):
+        return f"{e.filename or 'its event file'}: {e.strerror or e}"
+    return f"{type(e).__name__}: {str(e).strip()[:100]}"
+
+
+def quiet_tensorboard_thread() -> None:
+    """TensorBoard writes from a background thread that prints a traceback when a write fails (a full disk)
+    before the logger sees the error on its next call and says so in one line: keep that thread quiet."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "_jepa_fast", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread":
+            return  # surfaces in MetricLogger._tensorboard as one line
+        previous(args)
+
+    hook._jepa_fast = True
+    threading.excepthook = hook
+
+
+def start_tensorboard(accelerator, hparams: dict) -> bool:
+    """Start Accelerate's TensorBoard tracker; a failure (a full disk) is one note and the run goes on without it."""
+    quiet_tensorboard_thread()
+    try:
+        accelerator.init_trackers("tensorboard", config=hparams)
+    except Exception as e:
+        print(f"note: TensorBoard logging is off ({_reason(e)}); metrics.jsonl goes on", file=sys.stderr)
+        accelerator.trackers.clear()  # nothing half-started is left to log to or to close
+        return False
+    return True
+
+
+def end_tracking(accelerator) -> None:
+    """Close the trackers (TensorBoard flushes here); a failure is one note, never a traceback at exit."""
+    try:
+        accelerator.end_training()
+    except Exception as e:
+        print(f"note: TensorBoard logging could not be closed ({_reason(e)}); metrics.jsonl is complete",
+              file=sys.stderr)
 
 
 def profiler(path: Path, cuda: bool):

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from jepa_fast.config import ModelConfig
+from jepa_fast.errors import JepaFastError
 
 # ---------------------------------------------------------------------------------------------
 # Encoder
@@ -178,6 +179,15 @@ def _fp32(x: torch.Tensor):
     """The predictor runs in fp32 even under mixed-precision autocast: it is ~5% of the step's FLOPs, and a
     16-step recurrent rollout in bf16/fp16 drifts ~9% (relative L2) from the fp32 one the probe evaluates."""
     return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def check_frames(cfg: ModelConfig, H: int, W: int, where) -> None:
+    """Refuse frames too small for the encoder: every stride-2 stage must see at least 2x2 pixels."""
+    need = 2 ** len(cfg.encoder_widths)
+    if H < need or W < need:
+        raise JepaFastError(f"{where}: frames are {H}x{W}, too small for the encoder's {len(cfg.encoder_widths)} "
+                            f"stride-2 stages (it needs at least {need}x{need}): use larger frames, or fewer stages "
+                            "(--set model.encoder_widths=8,16,32)")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -309,12 +310,13 @@ def run_probe(checkpoint: Path, data_root: Path, out: Path | None = None, cfg: P
 
     if precision not in EMBEDDING_PRECISIONS:
         raise JepaFastError(f"--precision {precision}: use {', '.join(EMBEDDING_PRECISIONS)}")
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise JepaFastError(f"--device {device}: use cpu, cuda or cuda:N")
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         raise JepaFastError(f"--device {device}: no CUDA device here; use --device cpu")
-    try:
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise JepaFastError(f"--device {device}: not a device torch knows; use cpu or cuda") from None
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise JepaFastError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     ckpt_path = Path(checkpoint)
     out = Path(out) if out else (ckpt_path if ckpt_path.is_dir() and not (ckpt_path / "state.pt").exists()
                                  else ckpt_path.parent.parent) / "probe"

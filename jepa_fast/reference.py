@@ -123,6 +123,7 @@ def to_theirs(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def import_reference(weights: Path, out: Path, overwrite: bool = False) -> Path:
     """``jepa-fast import-reference``: a checkpoint folder under ``out`` that probe and train --init read."""
     weights, out = Path(weights), Path(out)
+    atomic.check_apart(out, {"weights file": weights}, "run folder")
     sd = read_weights(weights)
     check_weights(sd, weights)
     model = JEPA(reference_model_config())
@@ -153,6 +154,7 @@ def check_exportable(model_cfg: dict, where: Path, rollout_differs: bool) -> Non
 def export_reference(run: Path, out: Path, rollout_differs: bool = False, overwrite: bool = False) -> Path:
     """``jepa-fast export-reference``: our checkpoint (or run folder) -> the course project's model_weights.pth."""
     run, out = Path(run), Path(out)
+    atomic.check_apart(out, {"checkpoints": run if (run / "state.pt").exists() else ckpt.ckpt_dir(run)}, "export")
     weights, config = ckpt.load_model_weights(run)
     check_exportable(config["model"], run, rollout_differs)
     if out.is_dir():

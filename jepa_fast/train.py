@@ -38,7 +38,7 @@ from jepa_fast.data.reader import SplitData
 from jepa_fast.errors import JepaFastError
 from jepa_fast.loss import jepa_loss
 from jepa_fast.metrics import MetricLogger, NonFiniteLoss, plot_losses
-from jepa_fast.model import JEPA, count_parameters, training_flops
+from jepa_fast.model import JEPA, check_frames, count_parameters, training_flops
 from jepa_fast.progress import step_bar
 from jepa_fast.stop import StopRequest
 
@@ -179,6 +179,7 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
         device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         store = resolve_store(data)
         split = SplitData(store)  # data first: DALI's workers must fork before anything initialises CUDA
+        check_frames(run.model, split.H, split.W, store)
         loader = build_loader(split, run.data, device, rank=rank, world_size=world)
         machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once
         if run.model.static_walls and not split.reader.attrs.get("walls_static", False):
@@ -189,7 +190,7 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
         if resume:
             _restore(t, out, loader, rank, world, machine, other_data)
         try:
-            _claim_output(t, out, resume, overwrite, machine, tb)
+            tb = _claim_output(t, out, resume, overwrite, machine, tb)
             if t.accelerator.is_main_process:
                 print(f"jepa-fast train | {count_parameters(t.model):,} params | {store} ({split.n:,} trajectories) | "
                       f"loader {loader.mode} | {world} process(es) on {device.type} | {machine.header()} | "
@@ -254,7 +255,7 @@ def _loop(t: Training, loader, split: SplitData, out: Path, machine: hardware.Re
             prof.stop()
         if bar is not None:
             bar.close()
-        accelerator.end_training()
+        metrics_mod.end_tracking(accelerator)
     seconds = time.perf_counter() - t_start
     if is_main:
         plot_losses(out / "metrics.jsonl", out / "loss.png")
@@ -332,9 +333,10 @@ def _setup(run: RunConfig, out: Path, loader, world: int, device: torch.device, 
 
 
 def _claim_output(t: Training, out: Path, resume: bool, overwrite: bool, machine: hardware.Resolved,
-                  tb: bool) -> None:
+                  tb: bool) -> bool:
     """Every check has passed: only now does the run folder change. An --overwrite sets the old run aside
-    (``t.replaced``) until the new one's first checkpoint; the TensorBoard writer starts after that."""
+    (``t.replaced``) until the new one's first checkpoint; the TensorBoard writer starts after that.
+    Returns whether TensorBoard logging is on."""
     if t.accelerator.is_main_process:
         if overwrite and not resume and out.is_dir() and any(out.iterdir()):
             t.replaced = atomic.set_aside(out)
@@ -344,8 +346,7 @@ def _claim_output(t: Training, out: Path, resume: bool, overwrite: bool, machine
         if resume:  # steps logged after the checkpoint were lost with the kill: the log continues from it
             metrics_mod.truncate_jsonl(out / "metrics.jsonl", t.step)
     t.accelerator.wait_for_everyone()
-    if tb:
-        t.accelerator.init_trackers("tensorboard", config=flat_config(to_dict(t.run)))
+    return tb and metrics_mod.start_tensorboard(t.accelerator, flat_config(to_dict(t.run)))
 
 
 def _restore(t: Training, out: Path, loader, rank: int, world: int, machine: hardware.Resolved,

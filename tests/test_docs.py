@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CITED = re.compile(r"(?<![\w/.])((?:docs|jepa_fast|bench|tools|tests|preprocessing)/[\w./-]*\w\.(?:py|md|sh|json|txt|lock))")
+CITED = re.compile(r"(?<![\w/.])((?:docs|jepa_fast|bench|tools|tests|preprocessing)/[\w./-]*\w"
+                   r"\.(?:py|md|sh|json|txt|lock))")
 
 
 def _sources():

@@ -358,3 +358,254 @@ def test_a_resume_on_other_data_is_refused_unless_asked(tiny_run, tmp_path, caps
     assert ckpt.latest(run).name == "step_0000006"
     assert cli.main([*argv, "--other-data"]) == 0
     assert "resuming on other data" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# 6: a full disk in the logs: whole lines or nothing, TensorBoard never a traceback, a torn line read as torn
+
+
+@pytest.mark.parametrize("fail_after,note", [(0, "TensorBoard logging is off"), (30, "TensorBoard logging stopped")])
+def test_a_failing_tensorboard_writer_is_one_note_and_training_goes_on(tiny_packed, tmp_path, monkeypatch, capfd,
+                                                                      fail_after, note):
+    import errno
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer import record_writer
+
+    real, calls = record_writer.RecordWriter.write, {"n": 0}
+
+    def full(self, data):
+        calls["n"] += 1
+        if calls["n"] > fail_after:
+            raise OSError(errno.ENOSPC, "No space left on device", "events.out.tfevents")
+        return real(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    out = train(_tiny("train.max_steps=6", "train.log_every=1"), tiny_packed, tmp_path / "r", progress=False)
+    err = capfd.readouterr().err
+    assert out["step"] == 6 and "Traceback" not in err and note in err, err
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_full_disk_in_the_metrics_log_leaves_whole_lines(tiny_packed, tmp_path, monkeypatch, capsys):
+    import errno
+    import json
+
+    from jepa_fast import atomic
+
+    real, calls = atomic.append_line, {"n": 0}
+
+    def tearing(path, line):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third record: half of it reaches the disk, then the disk is full
+            with open(path, "a") as f:
+                f.write(line[: len(line) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, line)
+
+    monkeypatch.setattr(atomic, "append_line", tearing)
+    run = tmp_path / "r"
+    assert cli.main(["train", str(tiny_packed), "--preset", "tiny", "--out", str(run), "--no-progress",
+                     "--set", "train.log_every=1", "--set", "train.save_every=1"]) == 2
+    one_line(capsys, "No space left on device", "--resume")
+    # the next run reads the torn last line as torn, drops it and says so
+    monkeypatch.setattr(atomic, "append_line", real)
+    assert cli.main(["train", str(tiny_packed), "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert "dropped a torn last line" in capsys.readouterr().err
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_append_line_undoes_a_write_cut_short(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from jepa_fast import atomic
+
+    log = tmp_path / "m.jsonl"
+    atomic.append_line(log, '{"step": 1}')
+    real_open = builtins.open
+
+    class Short:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def write(self, text):
+            self.f.write(text[:5])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: Short(real_open(p, mode, *a, **k))
+                        if str(p) == str(log) and mode == "a" else real_open(p, mode, *a, **k))
+    with pytest.raises(OSError) as e:
+        atomic.append_line(log, '{"step": 2}')
+    monkeypatch.undo()
+    assert e.value.filename == str(log) and log.read_text() == '{"step": 1}\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# 3: the demo never deletes what it did not write
+
+
+def test_the_demo_refuses_a_folder_that_is_not_a_demos(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    (mine / "run").mkdir(parents=True)
+    (mine / "run" / "notes.txt").write_text("mine")
+    (mine / "data").mkdir()
+    (mine / "data" / "thesis.tex").write_text("mine too")
+    before = snapshot(mine)
+    assert cli.main(["demo", "--out", str(mine)]) == 2
+    one_line(capsys, "not a jepa-fast demo's", "--overwrite")
+    assert cli.main(["demo", "--out", str(mine), "--fresh"]) == 2  # --fresh redoes a demo's stages only
+    one_line(capsys, "not a jepa-fast demo's")
+    assert snapshot(mine) == before
+
+
+def test_a_demo_folder_whose_run_holds_a_users_file_is_refused(tmp_path, capsys):
+    from jepa_fast.demo import MARKER
+
+    demo = tmp_path / "demo"
+    (demo / "run").mkdir(parents=True)
+    (demo / MARKER).write_text('{"seed": 0}')
+    (demo / "run" / "config.json").write_text("{}")
+    (demo / "run" / "my_analysis.ipynb").write_text("mine")
+    assert cli.main(["demo", "--out", str(demo)]) == 2
+    one_line(capsys, "my_analysis.ipynb", "did not write")
+    assert (demo / "run" / "my_analysis.ipynb").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------
+# 10: one outlier cannot wipe out a channel's dynamic range
+
+
+def _with_outlier(tiny_root, tmp_path, value=1e30, where=(200, 3, 0, 10, 11)):
+    import numpy as np
+
+    src = tmp_path / "raw"
+    shutil.copytree(tiny_root / "train", src)
+    states = np.load(src / "states.npy", mmap_mode="r+")
+    states[where] = value
+    states.flush()
+    return src
+
+
+@pytest.mark.parametrize("scale", ["sample", "exact"])
+def test_an_outlier_is_refused_with_its_count_and_place(tiny_root, tmp_path, capsys, scale):
+    src = _with_outlier(tiny_root, tmp_path)
+    assert cli.main(["pack", str(src), str(tmp_path / "s.zarr"), "--scale", scale, "--no-progress"]) == 2
+    one_line(capsys, "1 value(s) of channel 0 are above", "1e+30 at trajectory 200, frame 3, pixel (y=10, x=11)",
+             "--clip-outliers")
+    assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "s.zarr.partial").exists()
+
+
+def test_clip_outliers_keeps_the_channels_range_and_records_the_count(tiny_root, tmp_path):
+    import numpy as np
+
+    from jepa_fast.data import pack
+    from jepa_fast.data.reader import StoreReader
+
+    src = _with_outlier(tiny_root, tmp_path)
+    assert cli.main(["pack", str(src), str(tmp_path / "s.zarr"), "--clip-outliers", "--no-progress"]) == 0
+    r = StoreReader(tmp_path / "s.zarr")
+    assert r.attrs["clipped_outliers"] == 1 and r.attrs["pack"]["options"]["clip_outliers"] is True
+    assert r.scale[0] == pytest.approx(0.0942 / 255, rel=0.02)  # the range of the real values, not of 1e30
+    frame = r.decode(200)[3, 0]
+    assert frame[10, 11] == 255 and np.count_nonzero(r.decode(5)[:, 0]) > 0  # clipped; the rest survives
+    pack.pack_split(tiny_root / "train", tmp_path / "clean.zarr", progress=False)  # and clean data needs no flag
+
+
+# ---------------------------------------------------------------------------------------------
+# 11-13: flags validated, hostile inputs refused in one line, wording
+
+
+def test_steps_below_one_is_refused(tiny_packed, tmp_path, capsys):
+    assert cli.main(["train", str(tiny_packed), "--preset", "tiny", "--steps", "-1", "--out", str(tmp_path / "r")]) == 2
+    one_line(capsys, "--steps -1: must be >= 1")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_shard_size_that_would_exhaust_memory_is_refused_before_writing(tiny_root, tmp_path, capsys):
+    assert cli.main(["pack", str(tiny_root / "train"), str(tmp_path / "s.zarr"), "--chunk-trajectories", "100000",
+                     "--no-progress"]) == 0  # clamped to the split's 256 trajectories: 37 MB
+    big = tmp_path / "big"
+    big.mkdir()
+    import numpy as np
+
+    np.lib.format.open_memmap(big / "states.npy", mode="w+", dtype=np.uint8, shape=(600, 17, 2, 65, 65))
+    np.save(big / "actions.npy", np.zeros((600, 16, 2), np.float32))
+    assert cli.main(["pack", str(big), str(tmp_path / "b.zarr"), "--chunk-trajectories", "600", "--no-progress"]) == 2
+    one_line(capsys, "shards of 600 trajectories would hold", "--chunk-trajectories")
+    assert not (tmp_path / "b.zarr.partial").exists()
+
+
+def test_a_crafted_npy_header_and_a_fifo_are_refused(tiny_root, tmp_path, capsys):
+    import numpy as np
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(tiny_root / "probe_wall" / "val", crafted)
+    header = {"descr": "<f4", "fortran_order": False, "shape": (2**62, 17, 2, 65, 65)}
+    with open(crafted / "states.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 1000)
+    assert cli.main(["pack", str(crafted), str(tmp_path / "c.zarr"), "--no-progress"]) == 2
+    one_line(capsys, "states.npy: truncated")
+    fifo = tmp_path / "fifo"
+    shutil.copytree(tiny_root / "probe_wall" / "val", fifo)
+    (fifo / "states.npy").unlink()
+    os.mkfifo(fifo / "states.npy")
+    for argv in (["pack", str(fifo), str(tmp_path / "f.zarr"), "--no-progress"],
+                 ["show", str(fifo), "--out", str(tmp_path / "f.png")]):
+        assert cli.main(argv) == 2  # and returns at once instead of blocking on the FIFO
+        one_line(capsys, "states.npy: not a regular file")
+
+
+def test_probe_refuses_devices_it_cannot_run_on(tiny_run, tiny_packed, tmp_path, capsys):
+    for device in ("meta", "xla", "cuda:x"):
+        assert cli.main(["probe", str(tiny_run), "--data", str(tiny_packed), "--device", device,
+                         "--out", str(tmp_path / "p")]) == 2
+        one_line(capsys, f"--device {device}: use cpu, cuda or cuda:N")
+
+
+def test_frames_too_small_for_the_encoder_are_named_as_such(tmp_path, capsys):
+    import numpy as np
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    np.save(raw / "states.npy", np.random.default_rng(0).random((32, 5, 2, 8, 8)).astype(np.float32))
+    np.save(raw / "actions.npy", np.zeros((32, 4, 2), np.float32))
+    assert cli.main(["pack", str(raw), str(tmp_path / "s.zarr"), "--no-progress"]) == 0
+    assert cli.main(["train", str(tmp_path / "s.zarr"), "--preset", "tiny", "--out", str(tmp_path / "r")]) == 2
+    one_line(capsys, "frames are 8x8, too small for the encoder's 4 stride-2 stages (it needs at least 16x16)")
+
+
+def test_a_full_disk_names_the_file_and_what_to_do_per_command(tiny_root, tiny_packed, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from jepa_fast import atomic
+    from jepa_fast.data import writer
+
+    def full(self, s, q):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "s.zarr.partial" / "states"))
+
+    monkeypatch.setattr(writer.StoreWriter, "write_shard", full)
+    assert cli.main(["pack", str(tiny_root / "train"), str(tmp_path / "s.zarr"), "--no-progress"]) == 2
+    line = one_line(capsys, "s.zarr.partial/states: No space left on device", "MB free there", "--resume")
+    assert "a file" not in line
+    monkeypatch.undo()
+
+    def full_fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write cut short reports it: no file name
+
+    monkeypatch.setattr(atomic.os, "fsync", full_fsync)
+    assert cli.main(["train", str(tiny_packed), "--preset", "tiny", "--out", str(tmp_path / "r")]) == 2
+    line = one_line(capsys, "r/config.json: No space left on device", "continue with --resume")
+    assert "pack" not in line  # the advice is the command's own

@@ -40,7 +40,7 @@ def run_command(func, args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the file system said no: a full disk, no permission, a read-only mount, ...
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"error: {describe_os_error(e, getattr(args, 'command', None) or 'pack')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -48,13 +48,30 @@ def run_command(func, args) -> int:
     return 0
 
 
-def describe_os_error(e: OSError) -> str:
+AFTER_FREEING = {"pack": "free space, then run the same pack with --resume (it continues after its last block)",
+                 "train": "free space, then continue with --resume (from the last checkpoint)",
+                 "demo": "free space, then run the demo again (finished stages are kept)"}
+"""What to do after a full disk, per command (the others simply run again)."""
+
+
+def describe_os_error(e: OSError, command: str = "") -> str:
     """One line for a file-system error: the file, what the system said, and what to do."""
     import errno
+    import shutil
+    from pathlib import Path
 
-    where = e.filename or "a file"
-    hint = {errno.ENOSPC: "the disk is full: free space and run again (an interrupted pack continues with --resume)",
-            errno.EDQUOT: "the disk quota is exceeded: free space and run again",
+    where = e.filename or "the output"
+    full = AFTER_FREEING.get(command, "free space and run again")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename:
+        probe = Path(e.filename).absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            full = f"{shutil.disk_usage(probe).free / 1e6:,.0f} MB free there; {full}"
+        except OSError:
+            pass
+    hint = {errno.ENOSPC: f"the disk is full: {full}",
+            errno.EDQUOT: f"the disk quota is exceeded: {full}",
             errno.EACCES: "no permission to write there: choose another destination",
             errno.EPERM: "no permission to write there: choose another destination",
             errno.EROFS: "a read-only file system: choose another destination",

@@ -121,6 +121,9 @@ def add_pack_arguments(p) -> None:
                    help="float quantisation scale: sample = 1.01 x max of a strided sample (one pass; repacks "
                    "with the exact max if a value would clip), exact = max over all data (an extra pass)")
     p.add_argument("--workers", type=int, default=2, help="threads that quantise, compress and write (default 2)")
+    p.add_argument("--clip-outliers", action="store_true",
+                   help="float input: clip values far above the rest of their channel (> 64x its sampled 99.9th "
+                   "percentile) instead of refusing the pack; the count is recorded in the store")
     p.add_argument("--resume", action="store_true", help="continue an interrupted pack after its last complete shard")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -131,7 +134,8 @@ def run_pack(args) -> None:
     from jepa_fast.data.pack import pack_path
 
     cfg = PackConfig(codec=args.codec, zstd_level=args.zstd_level, chunk_mib=args.chunk_mib,
-                     chunk_trajectories=args.chunk_trajectories, scale=args.scale, workers=args.workers)
+                     chunk_trajectories=args.chunk_trajectories, scale=args.scale, workers=args.workers,
+                     clip_outliers=args.clip_outliers)
     results = pack_path(args.src, args.dst, cfg, overwrite=args.overwrite, resume=args.resume,
                         progress=not args.no_progress)
     for r in results:

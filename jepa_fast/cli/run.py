@@ -69,6 +69,8 @@ def config_from_args(args):
             raise JepaFastError(f"{f}: {e}") from None
     else:
         base = run_preset(args.preset)
+    if args.steps is not None and args.steps < 1:
+        raise JepaFastError(f"--steps {args.steps}: must be >= 1 (whole epochs: --epochs)")
     flags = {key: getattr(args, attr) for attr, key in TRAIN_FLAGS.items() if getattr(args, attr) is not None}
     if args.seed is not None:
         flags.update({"train.seed": args.seed, "data.seed": args.seed})
@@ -203,13 +205,15 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for data, run and reports")
     p.add_argument("--seed", type=int, default=0, help="random seed for data and training")
     p.add_argument("--fresh", action="store_true", help="redo every stage even if its output exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it holds files that are not a demo's (never needed for a demo folder)")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args) -> None:
     from jepa_fast.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, fresh=args.fresh)
+    run_demo(args.out, seed=args.seed, fresh=args.fresh, overwrite=args.overwrite)
 
 
 def add_commands(sub) -> None:

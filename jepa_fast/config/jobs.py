@@ -30,6 +30,11 @@ class PackConfig:
     over the whole array (an extra full read pass)."""
     workers: int = 2
     """Threads that quantise, compress and write shards."""
+    clip_outliers: bool = False
+    """Float input only. A value above OUTLIER_RATIO (64) x the 99.9th percentile of a strided sample of
+    its channel would stretch the quantisation range until every other value of the channel rounds to 0,
+    so the pack refuses it (naming the count and the first one); with this flag such values are clipped to
+    the channel's range instead, and the count is recorded in the store's attrs."""
 
     def __post_init__(self) -> None:
         one_of(self, "pack", "codec", ("lz4", "zstd"))

@@ -32,6 +32,11 @@ SCALE_HEADROOM = 1.01
 """With pack.scale='sample', the scale is this x the sampled max (a value above it triggers a repack)."""
 SAMPLE_TRAJECTORIES = 64
 """Trajectories read (evenly strided) to estimate the per-channel max with pack.scale='sample'."""
+OUTLIER_RATIO = 64.0
+"""A float value above this x the 99.9th percentile of its channel's sampled positive values is an outlier:
+quantising with its range would lose the channel's other values (the packer refuses, or clips on request)."""
+MAX_SHARD_MIB = 64
+"""A shard holds at most this much raw data: the packer's read buffers are a few shards of the source dtype."""
 PROGRESS_FILE = "pack_progress.json"
 
 # ---------------------------------------------------------------------------------------------
@@ -43,8 +48,10 @@ class _ScaleOverflow(Exception):
         self.value_max = value_max
 
 
-def _check_block(src: Path, x: np.ndarray, start: int, scale: np.ndarray | None) -> np.ndarray:
-    """Validate a block of source frames; returns its per-channel max."""
+def _check_block(src: Path, x: np.ndarray, start: int, scale: np.ndarray | None,
+                 limit: np.ndarray | None = None) -> np.ndarray:
+    """Validate a block of source frames; returns its per-channel max. With ``limit`` (clipping outliers),
+    values above it may exceed the scale: they are clipped."""
     mn, mx, finite = channel_range(x)
     f = src / "states.npy"
     if not finite:
@@ -53,31 +60,65 @@ def _check_block(src: Path, x: np.ndarray, start: int, scale: np.ndarray | None)
     if (mn < 0).any():
         bad = start + int(np.nonzero((x < 0).reshape(len(x), -1).any(axis=1))[0][0])
         raise JepaFastError(f"{f}: trajectory {bad} has negative values ({mn.min():.4g}); frames must be >= 0")
-    if scale is not None and x.dtype != np.uint8 and (mx / scale >= 255.5).any():
-        raise _ScaleOverflow(mx)
+    if scale is not None and x.dtype != np.uint8:
+        over = mx / scale >= 255.5
+        if limit is not None:  # clipping: only values below the outlier limit must fit the scale
+            over &= np.array([(x[:, :, c][x[:, :, c] <= limit[c]].max(initial=0) / scale[c]) >= 255.5
+                              for c in range(x.shape[2])])
+        if over.any():
+            raise _ScaleOverflow(mx)
     return mx
 
 
-def _full_max(source: Source, block: int, progress: bool) -> np.ndarray:
-    N = len(source.states)
-    mx = np.zeros(source.states.shape[2])
-    bar = frame_bar(N * source.states.shape[1], progress, "scan max")
+def _sample_stats(source: Source) -> tuple[np.ndarray, np.ndarray]:
+    """(per-channel max, outlier limit) of an evenly strided sample of trajectories. The limit is
+    OUTLIER_RATIO x the 99.9th percentile of the sampled positive values (infinite for uint8 input or a
+    channel the sample shows empty: nothing to judge by)."""
+    N, C = len(source.states), source.states.shape[2]
+    idx = np.unique(np.linspace(0, N - 1, min(N, SAMPLE_TRAJECTORIES)).round().astype(int))
+    mx, limit = np.zeros(C), np.full(C, np.inf)
+    sample = np.stack([np.asarray(source.states[i]) for i in idx])  # (S, T, C, H, W)
+    for j, i in enumerate(idx):
+        mx = np.maximum(mx, _check_block(source.path, sample[j:j + 1], int(i), None))
+    if source.states.dtype != np.uint8:
+        for c in range(C):
+            pos = sample[:, :, c][sample[:, :, c] > 0]
+            if pos.size:
+                limit[c] = OUTLIER_RATIO * float(np.percentile(pos, 99.9))
+    return mx, limit
+
+
+def _full_scan(source: Source, block: int, progress: bool, limit: np.ndarray, clip: bool) -> tuple[np.ndarray, int]:
+    """One read pass: (the per-channel max the scale must cover, outliers found). Outliers (values above
+    ``limit``) are refused with their count and the first one, unless ``clip``: then the max covers only
+    the other values and the outliers are clipped when quantised."""
+    N, T, C = source.states.shape[:3]
+    mx, inliers, count, first = np.zeros(C), np.zeros(C), np.zeros(C, dtype=np.int64), {}
+    bar = frame_bar(N * T, progress, "scan max")
     with open(source.path / "states.npy", "rb") as fh:
         for a in range(0, N, block):
             b = min(N, a + block)
-            mx = np.maximum(mx, _check_block(source.path, read_block(fh, source, a, b), a, None))
-            bar.update((b - a) * source.states.shape[1])
+            x = read_block(fh, source, a, b)
+            mx = np.maximum(mx, _check_block(source.path, x, a, None))
+            for c in np.nonzero(mx > limit)[0]:
+                out = x[:, :, c] > limit[c]  # (m, T, H, W)
+                n = int(out.sum())
+                if n:
+                    count[c] += n
+                    first.setdefault(int(c), (a, *np.argwhere(out)[0], float(x[:, :, c][out].max())))
+                inliers[c] = max(inliers[c], float(x[:, :, c][~out].max(initial=0)))
+            inliers = np.where(mx > limit, inliers, mx)
+            bar.update((b - a) * T)
     bar.close()
-    return mx
-
-
-def _sample_max(source: Source) -> np.ndarray:
-    N = len(source.states)
-    idx = np.unique(np.linspace(0, N - 1, min(N, SAMPLE_TRAJECTORIES)).round().astype(int))
-    mx = np.zeros(source.states.shape[2])
-    for i in idx:
-        mx = np.maximum(mx, _check_block(source.path, np.asarray(source.states[i:i + 1]), int(i), None))
-    return mx
+    if count.sum() and not clip:
+        c = int(np.nonzero(count)[0][0])
+        a, i, t, y, x_, big = first[c]
+        raise JepaFastError(f"{source.path / 'states.npy'}: {int(count[c]):,} value(s) of channel {c} are above "
+                            f"{limit[c]:.4g} ({OUTLIER_RATIO:g}x the 99.9th percentile of a strided sample), e.g. "
+                            f"{big:.4g} at trajectory {a + i}, frame {t}, pixel (y={y}, x={x_}): quantising with "
+                            "that range would round the channel's other values to 0; fix or drop them, or pass "
+                            "--clip-outliers to clip them (recorded in the store)")
+    return inliers, int(count.sum())
 
 
 def pack_split(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bool = False, resume: bool = False,
@@ -92,8 +133,13 @@ def pack_split(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: b
     src, dst = Path(src), Path(dst)
     source = open_source(src)
     N, T, C, H, W = source.states.shape
-    k = cfg.trajectories_per_shard(T * C * H * W)
-    options = {"codec": cfg.codec, "zstd_level": cfg.zstd_level, "k": k, "scale_mode": cfg.scale}
+    k = min(N, cfg.trajectories_per_shard(T * C * H * W))  # a shard never holds more than the split
+    if k * T * C * H * W > MAX_SHARD_MIB << 20:
+        raise JepaFastError(f"pack: shards of {k:,} trajectories would hold {k * T * C * H * W / 2**30:.2f} GiB each "
+                            f"(at most {MAX_SHARD_MIB} MiB): use a smaller --chunk-trajectories, or --chunk-mib "
+                            f"(default 1)")
+    options = {"codec": cfg.codec, "zstd_level": cfg.zstd_level, "k": k, "scale_mode": cfg.scale,
+               "clip_outliers": cfg.clip_outliers}
     atomic.check_apart(dst, {"source": src}, "store")
     with lock.exclusive(dst, "store"):
         if resume and _packed_from(dst, source, options):  # finished before the interruption: keep it
@@ -134,12 +180,17 @@ def _pack_split_locked(source: Source, dst: Path, cfg: PackConfig, k: int, optio
     try:
         if state is None:
             shutil.rmtree(partial, ignore_errors=True)
-            value_max = _sample_max(source) if cfg.scale == "sample" else _full_max(source, _block_len(source, k),
-                                                                                     progress)
-            headroom = SCALE_HEADROOM if cfg.scale == "sample" else 1.0
+            sample_max, limit = _sample_stats(source)
+            clipped = 0
+            if cfg.scale == "sample" and not cfg.clip_outliers and (sample_max <= limit).all():
+                value_max, headroom = sample_max, SCALE_HEADROOM
+            else:  # the exact range, outliers found (and refused, or counted for clipping)
+                value_max, clipped = _full_scan(source, _block_len(source, k), progress, limit, cfg.clip_outliers)
+                headroom = 1.0
             state = {"done": 0, "scale": scale_for(value_max, source.states.dtype, headroom).tolist(),
                      "value_max": [0.0] * C, "walls_static": True, "options": options,
-                     "source": source.fingerprint()}
+                     "source": source.fingerprint(), "clipped": clipped,
+                     "limit": [float(v) if np.isfinite(v) else None for v in limit]}
             create = True
         else:
             create = False
@@ -150,6 +201,7 @@ def _pack_split_locked(source: Source, dst: Path, cfg: PackConfig, k: int, optio
         while True:
             writer = StoreWriter(partial, N, T, C, H, W, k, codec, np.array(state["scale"]),
                                  source.locations is not None, _source_attrs(source), create=create)
+            writer.clip = cfg.clip_outliers
             writer.absent = set(state.get("absent", []))
             writer.shard_crc = {int(s): c for s, c in state.get("shard_crc", {}).items()}
             writer.check_written(state["done"] // k)  # what a resume keeps must still be there
@@ -160,13 +212,14 @@ def _pack_split_locked(source: Source, dst: Path, cfg: PackConfig, k: int, optio
             except _ScaleOverflow:
                 print("a value exceeds the sampled scale; rescanning for the exact max and repacking")
                 shutil.rmtree(partial, ignore_errors=True)
-                value_max = _full_max(source, _block_len(source, k), progress)
+                limit = np.array([np.inf if v is None else v for v in state["limit"]])
+                value_max, clipped = _full_scan(source, _block_len(source, k), progress, limit, cfg.clip_outliers)
                 state = {**state, "done": 0, "scale": scale_for(value_max, source.states.dtype).tolist(),
-                         "value_max": [0.0] * C, "walls_static": True}
+                         "value_max": [0.0] * C, "walls_static": True, "clipped": clipped}
                 create = True
         writer.finalize(np.asarray(source.actions), None if source.locations is None else np.asarray(source.locations),
                         {"value_max": state["value_max"], "source_dtype": str(source.states.dtype),
-                         "walls_static": state["walls_static"],
+                         "walls_static": state["walls_static"], "clipped_outliers": state.get("clipped", 0),
                          "pack": {"options": options, "source": source.fingerprint()}})
         (partial / PROGRESS_FILE).unlink(missing_ok=True)
     except JepaFastError:
@@ -202,11 +255,12 @@ def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int,
     bar = frame_bar(N * T, progress, "pack")
     bar.update(state["done"] * T)
     scale = np.asarray(state["scale"])
+    limit = np.array([np.inf if v is None else v for v in state["limit"]]) if writer.clip else None
     value_max = np.asarray(state["value_max"], dtype=np.float64)
     guard = threading.Lock()  # value_max and walls_static are updated from the worker threads
 
     def work(a: int, x: np.ndarray) -> None:
-        mx = _check_block(source.path, x, a, scale)
+        mx = _check_block(source.path, x, a, scale, limit)
         static = writer.write_block(a, x)
         with guard:
             np.maximum(value_max, mx, out=value_max)

@@ -182,8 +182,9 @@ def scale_for(max_value: np.ndarray, source_dtype: np.dtype, headroom: float = 1
 _tls = threading.local()
 
 
-def quantize(x: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """x (..., C, H, W) -> uint8 floor(x / scale + 0.5). The caller guarantees x / scale < 255.5.
+def quantize(x: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None, clip: bool = False) -> np.ndarray:
+    """x (..., C, H, W) -> uint8 floor(x / scale + 0.5). The caller guarantees x / scale < 255.5, unless ``clip``:
+    then larger values become 255 (the packer's --clip-outliers, recorded in the store).
 
     The product is formed in float64 (float32 would round x / scale by up to 2^-16 and break the
     |q * scale - x| <= scale / 2 bound at ties), a ~1 MiB slab of frames at a time so the temporary
@@ -206,6 +207,8 @@ def quantize(x: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None) ->
         b = buf[: min(slab, len(frames) - a)]
         np.multiply(frames[a:a + slab], inv, out=b)
         b += 0.5
+        if clip:
+            np.minimum(b, 255.0, out=b)
         np.copyto(dest[a:a + slab], b, casting="unsafe")
     return out
 

@@ -8,6 +8,9 @@ dtypes and sizes and gives a one-line error for every kind of broken file; the p
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +39,19 @@ class Source:
         return out
 
 
+def regular_file(f: Path) -> None:
+    """Refuse a path that is not a regular file (a FIFO or a device would block or never end)."""
+    try:
+        mode = os.stat(f).st_mode
+    except OSError as e:
+        raise JepaFastError(f"{f}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise JepaFastError(f"{f}: not a regular file (a FIFO, a device or a folder); give the data file itself")
+
+
 def _npy_header(f: Path) -> tuple[tuple, np.dtype, int]:
     """(shape, dtype, data offset) of a .npy file, with one-line errors for broken files."""
+    regular_file(f)
     try:
         with open(f, "rb") as fh:
             version = np.lib.format.read_magic(fh)
@@ -48,7 +62,9 @@ def _npy_header(f: Path) -> tuple[tuple, np.dtype, int]:
         raise JepaFastError(f"{f}: not a readable .npy file ({e}); re-copy or regenerate it") from None
     if fortran:
         raise JepaFastError(f"{f}: Fortran-ordered array; save it C-ordered (np.ascontiguousarray)")
-    need = offset + int(np.prod(shape)) * dtype.itemsize
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise JepaFastError(f"{f}: header shape {shape} is not a shape; re-copy or regenerate it")
+    need = offset + math.prod(shape) * dtype.itemsize  # Python ints: a crafted huge shape cannot overflow
     have = f.stat().st_size
     if have < need:
         raise JepaFastError(f"{f}: truncated: the header promises {need:,} bytes but the file holds {have:,}; "

@@ -73,6 +73,7 @@ class StoreWriter:
         self.codec = codec
         self.scale = np.asarray(scale, dtype=np.float64)
         self.has_locations = has_locations
+        self.clip = False  # values above the scale's range become 255 (set by the packer's --clip-outliers)
         self.absent: set[int] = set()  # shards with no file (every chunk empty); a resume restores it
         self.shard_crc: dict[int, int] = {}  # CRC32C of every shard file written (schema 3); a resume restores it
         self._absent_lock = threading.Lock()
@@ -140,7 +141,7 @@ class StoreWriter:
 
         Returns whether the wall channel (1) is the same in every frame of every trajectory written.
         """
-        q = quantize(x, self.scale)
+        q = quantize(x, self.scale, clip=self.clip)
         for a in range(0, len(q), self.k):
             self.write_shard((start + a) // self.k, q[a:a + self.k])
         return walls_static(q)

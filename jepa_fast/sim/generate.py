@@ -108,7 +108,10 @@ class NpySplitWriter:
             f, offset, row, dt = self.files[name]
             arr = np.ascontiguousarray(getattr(block, name), dtype=dt)
             f.seek(offset + block.start * row)
-            f.write(memoryview(arr).cast("B"))
+            try:
+                f.write(memoryview(arr).cast("B"))
+            except OSError as e:  # name the file (a failed write() alone does not)
+                raise OSError(e.errno, e.strerror, f.name) from None
 
     def close(self) -> None:
         for f, *_ in self.files.values():
