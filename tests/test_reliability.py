@@ -609,3 +609,52 @@ def test_a_full_disk_names_the_file_and_what_to_do_per_command(tiny_root, tiny_p
     assert cli.main(["train", str(tiny_packed), "--preset", "tiny", "--out", str(tmp_path / "r")]) == 2
     line = one_line(capsys, "r/config.json: No space left on device", "continue with --resume")
     assert "pack" not in line  # the advice is the command's own
+
+
+# ---------------------------------------------------------------------------------------------
+# 6 on a real full disk: a small tmpfs in a private mount namespace (root only; skipped elsewhere)
+
+_FULL_DISK_RUN = """
+import json, subprocess, sys
+from pathlib import Path
+from jepa_fast import cli
+from jepa_fast import checkpoint as ckpt
+data, disk = sys.argv[1], Path(sys.argv[2])
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+run = disk / "run"
+argv = ["train", data, "--preset", "tiny", "--out", str(run), "--no-progress", "--set", "train.save_every=2",
+        "--set", "train.log_every=1"]
+first = cli.main(argv)  # checkpoints of ~6 MB at steps 2 and 4 fit; the one of step 6 does not
+kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+lines = (run / "metrics.jsonl").read_text().splitlines()
+whole = all(json.loads(line) for line in lines)
+(run / "checkpoints" / "step_0000002").rename(disk / "moved")  # the user frees space...
+subprocess.run(["rm", "-r", str(disk / "moved")], check=True)
+second = cli.main(["train", data, "--out", str(run), "--resume", "--no-progress"])  # ... and continues
+print(json.dumps({"first": first, "kept": kept, "whole": whole, "second": second,
+                  "latest": ckpt.latest(run).name}))
+"""
+
+
+def test_a_real_full_disk_keeps_the_last_good_checkpoint_and_the_run_continues(tiny_packed, tmp_path):
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to mount a small tmpfs in a private mount namespace")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode().strip()[:80]}")
+    import json
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(_FULL_DISK_RUN)
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, str(script), str(tiny_packed),
+                        str(disk)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "step_0000006.tmp/state.pt: No space left on device: this checkpoint needs 6." in errors[0]
+    assert "last good checkpoint: " in errors[0] and errors[0].endswith("step_0000004)")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["first"] == 2 and out["kept"] == ["latest", "step_0000002", "step_0000004"]
+    assert out["whole"] and out["second"] == 0 and out["latest"] == "step_0000006"
