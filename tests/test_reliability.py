@@ -658,3 +658,30 @@ def test_a_real_full_disk_keeps_the_last_good_checkpoint_and_the_run_continues(t
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["first"] == 2 and out["kept"] == ["latest", "step_0000002", "step_0000004"]
     assert out["whole"] and out["second"] == 0 and out["latest"] == "step_0000006"
+
+
+def test_show_never_writes_over_its_input(tiny_root, tmp_path, capsys):
+    split = tmp_path / "val"
+    shutil.copytree(tiny_root / "probe_wall" / "val", split)
+    before = snapshot(split)
+    assert cli.main(["show", str(split), "--out", str(split / "states.npy"), "--overwrite"]) == 2
+    one_line(capsys, "is the input states.npy")
+    assert snapshot(split) == before
+
+
+def test_a_nan_in_a_one_step_window_says_at_which_step(tiny_packed, tmp_path, monkeypatch):
+    import jepa_fast.train as T
+
+    real = T.jepa_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        if calls["n"] == 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(T, "jepa_loss", poisoned)
+    with pytest.raises(JepaFastError, match=r"loss became NaN/Inf at step 2;"):
+        train(_tiny("train.max_steps=4", "train.log_every=1"), tiny_packed, tmp_path / "r", progress=False)

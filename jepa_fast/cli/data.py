@@ -79,6 +79,11 @@ def _cmd_show(args) -> None:
         raise JepaFastError("--n and --frames must be >= 1")
     if args.out.is_dir():
         raise JepaFastError(f"--out {args.out} is a folder; give the PNG file to write, e.g. {args.out / 'sample.png'}")
+    from jepa_fast import atomic
+
+    inputs = [args.split] if (args.split / "zarr.json").exists() else [args.split / f"{n}.npy" for n in
+                                                                        ("states", "actions", "locations")]
+    atomic.check_apart(args.out, {f"input {p.name}": p for p in inputs}, "--out")
     if args.out.exists() and not args.overwrite:
         raise JepaFastError(f"--out {args.out} exists; pass --overwrite to replace it")
     if (args.split / "zarr.json").exists():
