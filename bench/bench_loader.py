@@ -37,7 +37,7 @@ from bench.common import header, print_json, print_table
 from bench.naive import drop_caches, naive_loader
 from jepa_fast.config import AUGMENT_PRESETS, DataConfig
 from jepa_fast.data.loader import build_loader, dali_importable
-from jepa_fast.data.reader import SplitData
+from jepa_fast.data.split import SplitData
 
 
 def sync(device):

@@ -72,3 +72,33 @@ def tiny_run_ours(tiny_packed, tmp_path_factory):
     """The same with our residual predictor, trained by rollout (read-only)."""
     return _trained(tiny_packed, tmp_path_factory, "ours",
                     ["model.residual_predictor=true", "train.prediction=rollout", "train.max_steps=2"])
+
+
+@pytest.fixture(scope="session")
+def episodes_raw(tmp_path_factory):
+    """A split of 40 episodes of unequal length (3-30 frames; ``helpers.dot_episodes``) as a flat .npy folder with
+    episode_ends.npy: 3-channel 24x24 uint8 frames (channel 2 static), 3-d actions, 2 targets (the dot's x, y)."""
+    import numpy as np
+    from helpers import dot_episodes
+
+    eps = dot_episodes(0, 40)
+    eps[3] = tuple(a[:3] for a in eps[3])  # one episode shorter than most windows
+    out = tmp_path_factory.mktemp("episodes") / "raw"
+    out.mkdir()
+    np.save(out / "states.npy", np.concatenate([e[0] for e in eps]))
+    np.save(out / "episode_ends.npy", np.cumsum([len(e[0]) for e in eps]))
+    actions = np.concatenate([np.concatenate([e[1][:-1], np.zeros((1, 3), np.float32)]) for e in eps])
+    np.save(out / "actions.npy", actions)
+    np.save(out / "targets.npy", np.concatenate([e[2] for e in eps]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def episodes_store(episodes_raw, tmp_path_factory):
+    """``episodes_raw`` packed in rows of 8 frames, 3 rows per shard (windows cross rows and shards)."""
+    from jepa_fast.config import PackConfig
+    from jepa_fast.data.pack import pack_split
+
+    out = tmp_path_factory.mktemp("episodes_packed") / "train.zarr"
+    pack_split(episodes_raw, out, PackConfig(row_frames=8, chunk_trajectories=3), progress=False)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 
 from jepa_fast import cli
+from jepa_fast.cli.data import describe_store
 from jepa_fast.config import PackConfig, SimConfig, dataset_preset
-from jepa_fast.data import pack, schema, writer
+from jepa_fast.data import pack, schema, shard
 from jepa_fast.data.reader import StoreReader
 from jepa_fast.errors import JepaFastError
 from jepa_fast.sim.generate import generate_dataset
@@ -57,21 +59,25 @@ def test_uint8_round_trip_is_exact_with_n_not_a_multiple_of_k(tmp_path, S):
     src = _write_split(tmp_path / "raw", states, actions, locations)
     pack.pack_split(src, tmp_path / "s.zarr", PackConfig(chunk_trajectories=4), progress=False)
     r = StoreReader(tmp_path / "s.zarr")
-    assert (r.n, r.T, r.C, r.H, r.W, r.k) == (23, 5, 2, S, S, 4)
+    assert (r.rows, r.L, r.C, r.H, r.W, r.k, r.episodes, r.frames) == (23, 5, 2, S, S, 4, 23, 115)
     assert r.chunk_nbytes[3] == 0
     for i in range(23):
         np.testing.assert_array_equal(r.decode(i), states[i])
-    np.testing.assert_array_equal(r.actions(), actions)
-    np.testing.assert_array_equal(r.locations(), locations)
+    flat = np.zeros((23, 5, 2), np.float32)  # per frame: an episode's last frame has no action
+    flat[:, :-1] = actions
+    np.testing.assert_array_equal(r.actions(), flat.reshape(-1, 2))
+    np.testing.assert_array_equal(r.targets(), locations.reshape(-1, 2))
+    np.testing.assert_array_equal(r.episode_starts(), np.arange(24) * 5)
     assert r.scale.tolist() == [1.0, 1.0]
-    assert r.attrs["walls_static"] is False  # random frames
+    assert r.attrs["static_channels"] == [False, False]  # random frames
+    assert r.spec().target_names == ("agent_x", "agent_y") and r.spec().protocol == "two-rooms"
     # plain zarr-python reads the same values
     import zarr
 
     z = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     np.testing.assert_array_equal(z["states"][...], states)
     st = r.attrs["stats"]
-    np.testing.assert_allclose(st["location_mean"], locations.reshape(-1, 2).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(st["target_mean"], locations.reshape(-1, 2).mean(0), rtol=1e-5)
     np.testing.assert_allclose(st["action_std"], actions.reshape(-1, 2).std(0), rtol=1e-5)
 
 
@@ -116,11 +122,11 @@ def test_raw_lz4_block_is_what_the_gpu_inflates(tmp_path):
     r = StoreReader(tmp_path / "s.zarr")
     for i in (0, 5, 22):
         chunk = bytes(r.chunk(i))
-        assert int.from_bytes(chunk[:4], "little") == r.traj_bytes  # numcodecs' 4-byte size header
+        assert int.from_bytes(chunk[:4], "little") == r.row_bytes  # numcodecs' 4-byte size header
         raw = bytes(r.codec.raw_block(r.chunk(i)))
         assert raw == chunk[4:-4]  # schema 2: <size><raw block><CRC32C of size + block>
         assert int.from_bytes(chunk[-4:], "little") == google_crc32c.value(chunk[:-4])
-        out = lz4.block.decompress(raw, uncompressed_size=r.traj_bytes)
+        out = lz4.block.decompress(raw, uncompressed_size=r.row_bytes)
         assert out == r.decode(i).tobytes()
 
 
@@ -138,7 +144,7 @@ def test_our_shards_are_the_bytes_zarr_writes(tmp_path):
                            shards=(4,) + q.shape[1:], compressors=codec.zarr_codecs(), fill_value=0)
         a[...] = q
         for s in range(3):
-            ours = writer.encode_shard(q[4 * s:4 * s + 4], 4, codec)
+            ours = shard.encode_shard(q[4 * s:4 * s + 4], 4, codec)
             p = schema.shard_path(ref, s)
             assert (ours is None and not p.exists()) or ours == p.read_bytes(), f"{codec.name} shard {s}"
 
@@ -152,8 +158,8 @@ def test_zstd_store_round_trip_and_no_gpu_decode(tmp_path):
     assert r.codec.name == "zstd"
     np.testing.assert_array_equal(np.stack([r.decode(i) for i in range(9)]), states)
     from jepa_fast.data.dali import _BatchSource
-    from jepa_fast.data.reader import SplitData
     from jepa_fast.data.sampler import Sampler
+    from jepa_fast.data.split import SplitData
 
     with pytest.raises(JepaFastError, match="GPU decode needs an lz4 store"):
         _BatchSource(SplitData(tmp_path / "s.zarr"), None, Sampler(9, 2), (0, 0), gpu=True)
@@ -162,11 +168,11 @@ def test_zstd_store_round_trip_and_no_gpu_decode(tmp_path):
 def test_simulated_store_is_much_smaller(tmp_path, tiny_root):
     pack.pack_split(tiny_root / "train", tmp_path / "t.zarr", progress=False)
     reader = StoreReader(tmp_path / "t.zarr")
-    info = reader.describe()
+    info = describe_store(reader)
     assert info["ratio_vs_float32"] >= 20
-    assert reader.attrs["walls_static"] is True
+    assert reader.attrs["static_channels"] == [False, True]  # the walls
     stats = info["stats"]
-    assert set(stats) == {"action_mean", "action_std", "location_mean", "location_std"}
+    assert set(stats) == {"action_mean", "action_std", "target_mean", "target_std", "value_mean", "value_std"}
 
 
 def test_pack_a_whole_root_and_generate_straight_to_zarr(tmp_path, tiny_root):
@@ -178,11 +184,17 @@ def test_pack_a_whole_root_and_generate_straight_to_zarr(tmp_path, tiny_root):
                      fmt="zarr", progress=False)
     r = StoreReader(tmp_path / "gz" / "probe_wall" / "val.zarr")
     raw = np.load(tiny_root / "probe_wall" / "val" / "states.npy")
-    assert r.k == 7 and r.n == 64
+    assert r.k == 7 and r.rows == 64
     for i in (0, 63):
         err = np.abs(r.decode(i) * r.scale[None, :, None, None] - raw[i])
         assert err.max() <= r.scale.max() / 2 * (1 + 1e-9)
-    np.testing.assert_array_equal(r.locations(), np.load(tiny_root / "probe_wall" / "val" / "locations.npy"))
+    locations = np.load(tiny_root / "probe_wall" / "val" / "locations.npy")
+    np.testing.assert_array_equal(r.targets(), locations.reshape(-1, 2))
+    # a generated store and a packed one are the same data: same spec and episodes
+    packed = StoreReader(tmp_path / "packed" / "probe_wall" / "val.zarr")
+    no_stats = dict(value_mean=(), value_std=())
+    assert dataclasses.replace(r.spec(), **no_stats) == dataclasses.replace(packed.spec(), **no_stats)
+    np.testing.assert_array_equal(r.episode_starts(), packed.episode_starts())
 
 
 def test_inspect_and_verify_cli(tmp_path, tiny_root, capsys):
@@ -194,7 +206,8 @@ def test_inspect_and_verify_cli(tmp_path, tiny_root, capsys):
     assert "verify              OK, 64 chunks decoded" in out and "smaller than float32" in out
     assert cli.main(["inspect", str(tmp_path / "v.zarr"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert info["shape"] == [64, 17, 2, 65, 65] and info["codec"] == "lz4"
+    assert (info["frames"], info["episodes"], info["frame_shape"], info["codec"]) == (64 * 17, 64, [2, 65, 65], "lz4")
+    assert info["episode_length"] == [17, 17] and info["row_frames"] == 17
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +221,7 @@ def test_corrupt_chunk_and_index_are_named(tmp_path, tiny_root):
     data[10:60] = b"\xff" * 50  # inside the first chunk of shard 2 (trajectory 14)
     p.write_bytes(bytes(data))
     r = StoreReader(tmp_path / "v.zarr")
-    with pytest.raises(JepaFastError, match=r"trajectory 14 \(shard 2\) fails its CRC32C check"):
+    with pytest.raises(JepaFastError, match=r"row 14 \(shard 2\) fails its CRC32C check"):
         r.verify()
     data[-10] ^= 0xFF  # the shard index itself
     p.write_bytes(bytes(data))
@@ -253,14 +266,16 @@ def _bad_sources():
     return {
         "missing_states": (None, np.zeros((6, 3, 2), np.float32), "states.npy: missing"),
         "missing_actions": (good, "skip", "actions.npy: missing"),
-        "n_mismatch": (good, np.zeros((5, 3, 2), np.float32), "5 trajectories but states.npy has 6"),
-        "t_mismatch": (good, np.zeros((6, 4, 2), np.float32), "4 actions per trajectory; states.npy has T=4"),
-        "rank": (good.reshape(6, 4, 2, 256), None, "rank 4; expected (N, T, C, H, W)"),
-        "channels": (rng.random((6, 4, 3, 16, 16)).astype(np.float32), None, "3 channels; expected 2"),
-        "not_square": (rng.random((6, 4, 2, 16, 12)).astype(np.float32), None, "images are 16x12"),
-        "nan": (nan(), None, "trajectory 4 contains NaN or Inf"),
-        "negative": (neg(), None, "trajectory 2 has negative values"),
-        "nan_actions": (good, np.full((6, 3, 2), np.nan, np.float32), "actions.npy: contains NaN"),
+        "n_mismatch": (good, np.zeros((5, 3, 2), np.float32), "actions.npy: shape (5, 3, 2); expected (6, 3, A)"),
+        "t_mismatch": (good, np.zeros((6, 5, 2), np.float32), "shape (6, 5, 2); expected (6, 3, A) with T=4"),
+        "actions_rank": (good, np.zeros((6, 3), np.float32), "actions.npy: shape (6, 3); expected (6, 3, A)"),
+        "rank": (good.reshape(6, 4, 512), None, "has rank 3; expected (N, T, C, H, W)"),
+        "rank6": (good.reshape(6, 4, 2, 1, 16, 16), None, "has rank 6; expected (N, T, C, H, W)"),
+        "channels": (rng.random((6, 4, 5, 16, 16)).astype(np.float32), None, "have 5 channels; 1-4 are supported"),
+        "too_short": (good[:, :1], np.zeros((6, 0, 2), np.float32), "holds no episode of two frames or more"),
+        "nan": (nan(), None, "episode 4, frame 1, channel 0 contains NaN or Inf"),
+        "negative": (neg(), None, "episode 2, frame 0, channel 1 contains a negative value"),
+        "nan_actions": (good, np.full((6, 3, 2), np.nan, np.float32), "actions of episode 0 contain NaN or Inf"),
     }
 
 
@@ -315,38 +330,60 @@ _KILLER = textwrap.dedent("""
     import os, signal, sys
     from jepa_fast.data import pack, writer
     from jepa_fast.config import PackConfig
-    real = writer.StoreWriter.write_shard
+    real = writer.write_shard
     count = {"n": 0}
-    def write_shard(self, s, q):
+    def write_shard(*args):
         count["n"] += 1
         if count["n"] == int(sys.argv[3]):
             os.kill(os.getpid(), signal.SIGKILL)  # die mid-pack, like a pre-empted job
-        return real(self, s, q)
-    writer.StoreWriter.write_shard = write_shard
-    pack.pack_split(sys.argv[1], sys.argv[2], PackConfig(chunk_trajectories=2, workers=2), progress=False)
+        return real(*args)
+    writer.write_shard = write_shard
+    writer.PROGRESS_EVERY_S = 0.0  # record every shard, so the kill always lands after recorded progress
+    from jepa_fast.data import scan
+    scan.BLOCK_BYTES = int(sys.argv[4])  # small read blocks: the kill lands after some progress
+    pack.pack_split(sys.argv[1], sys.argv[2], PackConfig(chunk_trajectories=2, workers=2, row_frames=int(sys.argv[5])),
+                    progress=False)
 """)
 
 
-def test_killed_pack_resumes_to_an_identical_store(tmp_path):
+@pytest.mark.parametrize("layout", ["fixed", "episodes"])
+def test_killed_pack_resumes_to_an_identical_store(tmp_path, layout):
+    """Killed mid-pack (SIGKILL), resumed: the same bytes as an uninterrupted pack. 'fixed': one episode per row,
+    whole shards read in place; 'episodes': episodes of 3-9 frames across rows of 4 and across shards."""
     rng = np.random.default_rng(7)
-    states = _float_states(rng, N=600, T=4, S=32)
-    locations = rng.uniform(4, 60, size=(600, 4, 2)).astype(np.float32)
-    src = _write_split(tmp_path / "raw", states, rng.normal(size=(600, 3, 2)).astype(np.float32), locations)
-    # _block_len gives ~16 MiB blocks; make blocks small so the kill lands after some progress
+    if layout == "fixed":
+        states = _float_states(rng, N=600, T=4, S=32)
+        locations = rng.uniform(4, 60, size=(600, 4, 2)).astype(np.float32)
+        src = _write_split(tmp_path / "raw", states, rng.normal(size=(600, 3, 2)).astype(np.float32), locations)
+        row_frames, kill_at = 0, 150
+    else:
+        lengths = rng.integers(3, 10, size=300)
+        F = int(lengths.sum())
+        src = tmp_path / "raw"
+        src.mkdir()
+        np.save(src / "states.npy", _float_states(rng, N=F, T=1, S=32)[:, 0])
+        np.save(src / "episode_ends.npy", np.cumsum(lengths))
+        np.save(src / "actions.npy", rng.normal(size=(F, 3)).astype(np.float32))
+        np.save(src / "targets.npy", rng.normal(size=(F, 2)).astype(np.float32))
+        row_frames, kill_at = 4, 120
     script = tmp_path / "killer.py"
-    script.write_text(_KILLER.replace("from jepa_fast.config import PackConfig",
-                                      "from jepa_fast.config import PackConfig\npack._block_len = lambda s, k: 8 * k"))
-    r = subprocess.run([sys.executable, str(script), str(src), str(tmp_path / "a.zarr"), "150"], capture_output=True)
-    assert r.returncode == -9
+    script.write_text(_KILLER)
+    args = [str(src), str(tmp_path / "a.zarr"), str(kill_at), str(4 * 32 * 32 * 2 * 8), str(row_frames)]
+    r = subprocess.run([sys.executable, str(script), *args], capture_output=True)
+    assert r.returncode == -9, r.stderr.decode()[-400:]
     partial = tmp_path / "a.zarr.partial"
     assert partial.exists() and not (tmp_path / "a.zarr").exists()
-    done = json.loads((partial / pack.PROGRESS_FILE).read_text())["done"]
-    assert 0 < done < 600
+    done = json.loads((partial / pack.PROGRESS_FILE).read_text())["builder"]["shards_done"]
+    assert 0 < done < kill_at
     rc = cli.main(["pack", str(src), str(tmp_path / "a.zarr"), "--resume", "--chunk-trajectories", "2",
-                   "--no-progress"])
+                   "--row-frames", str(row_frames), "--no-progress"])
     assert rc == 0 and not partial.exists()
-    pack.pack_split(src, tmp_path / "b.zarr", PackConfig(chunk_trajectories=2), progress=False)
+    pack.pack_split(src, tmp_path / "b.zarr", PackConfig(chunk_trajectories=2, row_frames=row_frames), progress=False)
     fa, fb = _files(tmp_path / "a.zarr"), _files(tmp_path / "b.zarr")
     assert fa.keys() == fb.keys()
     for name in fa:
-        assert fa[name] == fb[name], name
+        if name != "zarr.json":
+            assert fa[name] == fb[name], name
+    ja, jb = (json.loads(fa["zarr.json"]), json.loads(fb["zarr.json"]))
+    ja["attributes"].pop("pack"), jb["attributes"].pop("pack")  # the same but for the resumed pack's own record
+    assert ja == jb

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def _tiny(**train_kw):
 def test_a_deleted_shard_is_an_error_everywhere(root, tmp_path, capsys):
     store = root / "train.zarr"
     schema.shard_path(store, 5).unlink()
-    with pytest.raises(JepaFastError, match=r"shard 5 \(trajectories 35-41\) is missing"):
+    with pytest.raises(JepaFastError, match=r"shard 5 \(rows 35-41\) is missing"):
         StoreReader(store)
     assert cli.main(["inspect", str(store), "--verify"]) == 2
     _one_line(capsys, "states/c/5/0/0/0/0", "is missing", "re-pack")
@@ -95,17 +96,15 @@ def _v1_store(src, dst):
     """A schema-1 store, as the previous version wrote it: no crc32c codecs, no absent_shards."""
     import zarr
 
-    from jepa_fast.data.source import open_source
-
-    s = open_source(src)
-    q = np.clip(np.floor(np.asarray(s.states) / (0.0942 / 255) + 0.5), 0, 255).astype(np.uint8)
+    states, actions = np.load(Path(src) / "states.npy"), np.load(Path(src) / "actions.npy")
+    q = np.clip(np.floor(states / (0.0942 / 255) + 0.5), 0, 255).astype(np.uint8)
     n, T = q.shape[:2]
     g = zarr.open_group(str(dst), mode="w", zarr_format=3)
     g.create_array("states", shape=q.shape, dtype="uint8", chunks=(1,) + q.shape[1:], shards=(4,) + q.shape[1:],
                    compressors=schema.ChunkCodec("lz4", checksum=False).zarr_codecs(), fill_value=0)
     g["states"][...] = q
     g.create_array("actions", shape=(n, T - 1, 2), dtype="float32", chunks=(n, T - 1, 2), fill_value=0.0)
-    g["actions"][...] = np.asarray(s.actions)
+    g["actions"][...] = actions
     g.attrs.update({"format": schema.FORMAT_NAME, "schema_version": 1, "complete": True, "n": n, "seq_len": T,
                     "channels": 2, "image_size": 65, "scale": [0.0942 / 255] * 2, "codec": "lz4",
                     "trajectories_per_shard": 4, "walls_static": True})
@@ -129,8 +128,9 @@ def test_schema_1_stores_are_still_read_with_a_note(tiny_root, tmp_path, caplog)
 @pytest.mark.parametrize("field,value,needle", [
     ("scale", ["a", 1], "attrs scale"),
     ("scale", [-0.1, 0.1], "attrs scale"),
-    ("n", 999, "attrs n = 999 but the states array says 64"),
-    ("seq_len", 5, "attrs seq_len"),
+    ("rows", 999, "attrs rows = 999 but the states array says 64"),
+    ("row_frames", 5, "attrs row_frames"),
+    ("frames", 10**6, "attrs frames"),
 ])
 def test_attrs_that_disagree_with_the_data(root, capsys, field, value, needle):
     import zarr
@@ -255,7 +255,7 @@ def test_a_bad_last_split_leaves_nothing_behind(tiny_root, tmp_path, capsys):
     states.flush()
     del states
     assert cli.main(["pack", str(src), str(tmp_path / "packed"), "--no-progress"]) == 2
-    _one_line(capsys, "train/states.npy: trajectory 255 contains NaN")
+    _one_line(capsys, "train/states.npy: episode 255, frame 3, channel 0 contains NaN")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
 
@@ -263,7 +263,7 @@ def test_a_plain_pack_rerun_does_not_discard_a_resumable_partial(tiny_root, tmp_
     src, dst = tiny_root / "probe_normal" / "val", tmp_path / "v.zarr"
     _interrupted_pack(src, dst, after_trajectories=28)
     assert cli.main(["pack", str(src), str(dst), "--chunk-trajectories", "7", "--no-progress"]) == 2
-    _one_line(capsys, "holds an interrupted pack (28 of 64 trajectories done)", "--resume")
+    _one_line(capsys, "holds an interrupted pack (476 of 1,088 frames done)", "--resume")
     assert (tmp_path / "v.zarr.partial").exists()
     assert cli.main(["pack", str(src), str(dst), "--chunk-trajectories", "7", "--resume", "--no-progress"]) == 0
 
@@ -284,11 +284,12 @@ def _interrupted_pack(src, dst, after_trajectories: int) -> None:
         import os, signal
         from jepa_fast.config import PackConfig
         from jepa_fast.data import pack
-        pack._block_len = lambda s, k: 2 * k
+        from jepa_fast.data import writer
+        writer.PROGRESS_EVERY_S = 0.0  # record every shard
         real = pack._save_progress
         def save(partial, state):
             real(partial, state)
-            if state["done"] >= {after_trajectories}:
+            if state["builder"] and state["builder"]["shards_done"] * 7 >= {after_trajectories}:
                 os.kill(os.getpid(), signal.SIGKILL)
         pack._save_progress = save
         pack.pack_split({str(src)!r}, {str(dst)!r}, PackConfig(chunk_trajectories=7, workers=1), progress=False)
@@ -321,7 +322,7 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(root, tiny_r
     from jepa_fast.data import writer
 
     with monkeypatch.context() as m:
-        m.setattr(writer.StoreWriter, "write_shard", _full_disk)
+        m.setattr(writer, "write_shard", _full_disk)
         assert cli.main(["pack", str(tiny_root / "train"), str(tmp_path / "s.zarr"), "--no-progress"]) == 2
         _one_line(capsys, "No space left on device", "free space", "--resume")
         assert cli.main(["generate", "--preset", "tiny", "--splits", "probe_wall/val", "--format", "zarr",
@@ -333,10 +334,10 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing_half_written(root, tiny_r
         assert cli.main(["train", str(root), "--preset", "tiny", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
         _one_line(capsys, "No space left on device")
     assert not list((tmp_path / "r" / "checkpoints").glob(".step_*"))  # no half-written checkpoint
-    from jepa_fast import probe
+    from jepa_fast import probe_report
 
     with monkeypatch.context() as m:
-        m.setattr(probe, "write_outputs", _full_disk)
+        m.setattr(probe_report, "write_outputs", _full_disk)
         assert cli.main(["probe", str(tiny_run), "--data", str(root), "--out", str(tmp_path / "probe")]) == 2
         _one_line(capsys, "No space left on device")
     assert not (tmp_path / "probe").exists() and not list(tmp_path.glob(".probe.tmp-*"))

@@ -115,6 +115,13 @@ LAYERS = {
     # metrics log numbers; the FLOP count belongs with the model, the config helpers with the config
     "jepa_fast.metrics": ("jepa_fast.model", "jepa_fast.train"),
     "jepa_fast.checkpoint": ("jepa_fast.metrics", "jepa_fast.train"),
+    # what a dataset is: known to everything, knowing nothing above it
+    "jepa_fast.spec": ("jepa_fast.data", "jepa_fast.model", "jepa_fast.train", "jepa_fast.probe", "jepa_fast.config"),
+    # the probe protocol knows no command line, files or plots (probe_report does)
+    "jepa_fast.probe": ("jepa_fast.probe_report", "jepa_fast.viz", "jepa_fast.cli", "jepa_fast.atomic"),
+    # recorders of other environments only write files the packer reads: the core never imports them
+    "jepa_fast.data.pack": ("jepa_fast.envs",),
+    "jepa_fast.train": ("jepa_fast.envs", "jepa_fast.probe"),
 }
 
 

@@ -11,12 +11,13 @@ import torch
 from jepa_fast.config import AUGMENT_PRESETS, DataConfig
 from jepa_fast.data import schema
 from jepa_fast.data.loader import build_loader, dali_importable
-from jepa_fast.data.reader import SplitData, StoreReader
+from jepa_fast.data.reader import StoreReader
 from jepa_fast.data.sampler import Sampler
+from jepa_fast.data.split import SplitData
 from jepa_fast.errors import JepaFastError
 
 needs_dali = pytest.mark.skipif(not dali_importable(), reason="nvidia-dali is not importable here")
-FIELDS = ("states", "actions", "locations", "indices", "brightness", "noise_std")
+FIELDS = ("states", "actions", "targets", "indices", "brightness", "noise_std")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_batch_contract(data):
     b = next(iter(loader))
     assert b.states.shape == (32, 17, 2, 65, 65) and b.states.dtype == torch.uint8
     assert b.actions.shape == (32, 16, 2) and b.actions.dtype == torch.float32
-    assert b.locations.shape == (32, 17, 2) and b.indices.dtype == torch.int64
+    assert b.targets.shape == (32, 17, 2) and b.indices.dtype == torch.int64
     x = b.states * b.scale.view(1, 1, -1, 1, 1)  # value = uint8 x scale: raw units
     assert x.dtype == torch.float32 and float(x.max()) == pytest.approx(0.0942, abs=5e-4)
 
@@ -133,13 +134,13 @@ def test_resume_from_a_sampler_position_reproduces_the_rest_of_the_epoch(data, k
 
 def test_flips_keep_the_physics_true(data):
     cfg = DataConfig(loader="torch", batch_size=64, seed=11, augment=AUGMENT_PRESETS["flips"])
-    raw_actions = data.actions
-    raw_loc = data.locations
+    raw_actions = data.window_actions(np.arange(data.n))
+    raw_loc = data.window_targets(np.arange(data.n))
     size = data.W
     for b in build_loader(data, cfg, torch.device("cpu")):
         lr = b.actions[:, :, 0] * torch.from_numpy(raw_actions[b.indices.numpy()][:, :, 0]) < 0
         for j, i in enumerate(b.indices.tolist()):
-            loc = b.locations[j].numpy()
+            loc = b.targets[j].numpy()
             frames = b.states[j].numpy()
             # brightest agent pixel sits at the (flipped) location, every frame (0.6: uint8 ties near 0.5)
             flat = frames[:, 0].reshape(frames.shape[0], -1).argmax(-1)
@@ -211,7 +212,7 @@ def _corrupt(store, tmp_path):
 def test_corrupt_chunk_is_a_clear_error_not_a_hang(store, tmp_path, kind):
     bad = _corrupt(store, tmp_path)
     # caught by the chunk's CRC32C as the store is loaded, before any batch
-    with pytest.raises(JepaFastError, match=r"corrupt.zarr/states/c/1/0/0/0/0: the chunk of trajectory 7 \(shard 1\) "
+    with pytest.raises(JepaFastError, match=r"corrupt.zarr/states/c/1/0/0/0/0: the chunk of row 7 \(shard 1\) "
                        r"fails its CRC32C check"):
         for _ in build_loader(bad, DataConfig(loader=kind, batch_size=256, shuffle=False), torch.device("cpu")):
             pass
@@ -357,3 +358,121 @@ def test_without_drop_last_no_rank_is_ever_handed_an_empty_batch():
                     seen += [int(i) for p in per_rank for i in p[step].indices]
                 assert set(seen) == set(range(n))  # every trajectory at least once
                 assert len(seen) - n == max(0, W - (n % (B * W) or B * W))  # padding only for a tail m < W
+
+
+# ---------------------------------------------------------------------------------------------
+# episodes of unequal length: windows
+
+
+def _raw(episodes_raw):
+    ends = np.load(episodes_raw / "episode_ends.npy")
+    starts = np.concatenate([[0], ends])
+    return (np.load(episodes_raw / "states.npy"), np.load(episodes_raw / "actions.npy"),
+            np.load(episodes_raw / "targets.npy"), starts)
+
+
+@pytest.mark.parametrize("seq_len,stride,offset", [(8, 0, 0), (5, 3, 1), (12, 12, 2)])
+def test_windows_of_unequal_episodes_are_the_raw_frames(episodes_raw, episodes_store, seq_len, stride, offset):
+    frames, actions, targets, starts = _raw(episodes_raw)
+    d = SplitData(episodes_store, seq_len, stride, offset)
+    step = stride or seq_len
+    expect, skipped = [], 0
+    for e in range(len(starts) - 1):
+        a, b = int(starts[e]), int(starts[e + 1])
+        first = list(range(a + offset, b - seq_len + 1, step))
+        expect += first
+        skipped += not first
+    assert d.window_starts.tolist() == expect and d.skipped == skipped and d.n == len(expect)
+    assert not d.aligned and d.L == 8
+    idx = np.arange(d.n)
+    for i in idx:
+        s = expect[i]
+        np.testing.assert_array_equal(d.decode_window(int(i)), frames[s:s + seq_len])
+    np.testing.assert_array_equal(d.window_actions(idx), np.stack([actions[s:s + seq_len - 1] for s in expect]))
+    np.testing.assert_array_equal(d.window_targets(idx), np.stack([targets[s:s + seq_len] for s in expect]))
+    np.testing.assert_allclose(d.first_frames(idx[:5])[:, 0], np.stack([frames[s] for s in expect[:5]]) * 1.0)
+    assert d.spec.static_channels == (False, False, True) and d.spec.action_size == 3
+
+
+def test_window_length_must_be_chosen_and_fit(episodes_store):
+    with pytest.raises(JepaFastError, match=r"episodes have 3-29 frames; choose the window length: data.seq_len"):
+        SplitData(episodes_store)
+    with pytest.raises(JepaFastError, match="no episode holds a window of 30 frames"):
+        SplitData(episodes_store, 30)
+
+
+@pytest.mark.parametrize("kind", ["torch", pytest.param("dali", marks=needs_dali)])
+def test_window_batches_match_the_raw_data_and_resume_exactly(episodes_raw, episodes_store, kind):
+    frames, actions, targets, _ = _raw(episodes_raw)
+    cfg = DataConfig(loader=kind, batch_size=16, seed=4, seq_len=6, stride=2,
+                     augment=AUGMENT_PRESETS["full"].__class__(noise_p=0.5, brightness_p=0.5))
+    data = SplitData(episodes_store, 6, 2)
+    loader = build_loader(data, cfg, torch.device("cpu"))
+    full = _epoch(loader)
+    for b in full:
+        for j, i in enumerate(b["indices"].tolist()):
+            s = int(data.window_starts[i])
+            np.testing.assert_array_equal(b["states"][j].numpy(), frames[s:s + 6])
+            np.testing.assert_array_equal(b["actions"][j].numpy(), actions[s:s + 5])
+            np.testing.assert_array_equal(b["targets"][j].numpy(), targets[s:s + 6])
+    first = build_loader(data, cfg, torch.device("cpu"))
+    it = iter(first)
+    for _ in range(2):
+        next(it)
+    resumed = build_loader(data, cfg, torch.device("cpu"))
+    resumed.sampler.load_state_dict(first.sampler.state_dict())
+    _assert_same(full[2:], _epoch(resumed))
+
+
+@needs_dali
+def test_dali_cpu_and_torch_agree_on_windows(episodes_store):
+    data = SplitData(episodes_store, 7, 3)
+    cfg = DataConfig(batch_size=12, seed=9, seq_len=7, stride=3,
+                     augment=AUGMENT_PRESETS["full"].__class__(noise_p=0.5, brightness_p=0.5))
+    a = _epoch(build_loader(data, DataConfig(**{**cfg.__dict__, "loader": "torch"}), torch.device("cpu")))
+    b = _epoch(build_loader(data, DataConfig(**{**cfg.__dict__, "loader": "dali"}), torch.device("cpu")))
+    _assert_same(a, b)
+
+
+def test_the_gpu_feed_of_windows_inflates_the_rows_they_touch(episodes_store):
+    """What the DALI GPU path does, checked on CPU: the feed hands over each needed row once, and gathering
+    frame_index out of the inflated rows gives every window's frames."""
+    import lz4.block
+
+    from jepa_fast.data.dali import ChunkTable, _BatchSource, window_rows
+
+    data = SplitData(episodes_store, 9, 4)
+    table = ChunkTable(data)
+    sampler = Sampler(data.n, 16, 3)
+    plan = sampler.plan(0, 0)
+    rows, actions, targets, idx, *_, offsets, sizes, frame_index = _BatchSource(
+        data, table, sampler, (0, 0), gpu=True).feed(plan)
+    want_rows, _ = window_rows(data, plan.indices)
+    L, C, H, W = data.L, data.C, data.H, data.W
+    assert rows.shape == (len(want_rows) * table.stride,) and len(set(want_rows.tolist())) == len(want_rows)
+    inflated = np.stack([np.frombuffer(lz4.block.decompress(rows[o:o + n].tobytes(), uncompressed_size=L * C * H * W),
+                                       np.uint8).reshape(L, C, H, W) for o, n in zip(offsets, sizes)])
+    windows = inflated.reshape(-1, C, H, W)[frame_index].reshape(len(idx), 9, C, H, W)
+    for j, i in enumerate(idx):
+        np.testing.assert_array_equal(windows[j], data.decode_window(int(i)))
+
+
+def test_flips_are_refused_on_data_without_flip_rules(episodes_store):
+    data = SplitData(episodes_store, 6)
+    with pytest.raises(JepaFastError, match="declares no lr flip rule"):
+        build_loader(data, DataConfig(loader="torch", batch_size=8, seq_len=6, augment=AUGMENT_PRESETS["flips"]),
+                     torch.device("cpu"))
+
+
+def test_two_ranks_share_the_windows_disjointly(episodes_store):
+    data = SplitData(episodes_store, 5)
+    for drop_last in (True, False):
+        got = []
+        for rank in range(2):
+            loader = build_loader(data, DataConfig(loader="torch", batch_size=8, seq_len=5, drop_last=drop_last),
+                                  torch.device("cpu"), rank=rank, world_size=2)
+            got.append(torch.cat([b.indices for b in loader]).numpy())
+        if drop_last:
+            assert not set(got[0]) & set(got[1]) and len(np.concatenate(got)) == data.n // 16 * 16
+        else:
+            assert set(np.concatenate(got)) == set(range(data.n))

@@ -6,13 +6,16 @@ failure is one line that names the file; a corrupt or swapped byte is caught by 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import one_line, snapshot
 
@@ -75,7 +78,7 @@ def test_an_overwrite_killed_before_its_first_checkpoint_gets_the_old_run_back(o
     proc.wait()
     assert list(old_run.parent.glob(".run.replaced-*"))  # the old run waits aside
     # the next command that reads the run puts it back
-    weights, _ = ckpt.load_model_weights(old_run)
+    weights, _, _ = ckpt.load_model_weights(old_run)
     assert snapshot(old_run) == before and weights
     assert not list(old_run.parent.glob(".run.*"))
 
@@ -299,7 +302,6 @@ def _scale_edited(store):
 
 
 def _actions_rewritten(store):
-    import numpy as np
     import zarr
 
     g = zarr.open_group(str(store), mode="r+")
@@ -321,19 +323,38 @@ def test_damage_that_keeps_crcs_valid_is_caught(packed_copy, tmp_path, capsys, d
     one_line(capsys, needle)
 
 
-def test_schema_2_stores_are_still_read_with_a_note(packed_copy, caplog):
+SCHEMA_3 = Path(__file__).parent / "data" / "schema3_probe_wall_val.zarr"
+"""The tiny preset's probe_wall/val (seed 0) as the previous version (schema 3) packed it."""
+
+
+def test_stores_of_the_previous_schema_read_as_the_same_data(tiny_packed, tmp_path, caplog):
+    """A schema-3 store (written by the previous version) reads as the same frames, actions, targets and spec as
+    today's pack of the same data; made schema 2 (its integrity record removed), it still reads, with a note."""
     import logging
 
     import zarr
 
     from jepa_fast.data.reader import StoreReader
+    from jepa_fast.data.split import SplitData
 
-    store = packed_copy / "probe_wall" / "val.zarr"
-    g = zarr.open_group(str(store), mode="r+")
+    old, new = SplitData(SCHEMA_3), SplitData(tiny_packed / "probe_wall" / "val.zarr")
+    assert old.reader.version == 3 and new.reader.version == 4
+    assert (old.n, old.T, old.aligned) == (new.n, new.T, new.aligned) == (64, 17, True)
+    for i in range(old.n):
+        np.testing.assert_array_equal(old.decode_window(i), new.decode_window(i))
+    idx = np.arange(old.n)
+    np.testing.assert_array_equal(old.window_actions(idx), new.window_actions(idx))
+    np.testing.assert_array_equal(old.window_targets(idx), new.window_targets(idx))
+    no_stats = dict(value_mean=(), value_std=())
+    assert dataclasses.replace(old.spec, **no_stats) == dataclasses.replace(new.spec, **no_stats)
+    assert old.reader.fingerprint() == old.reader.attrs["integrity"]["digest"]
+    v2 = tmp_path / "v2.zarr"
+    shutil.copytree(SCHEMA_3, v2)
+    g = zarr.open_group(str(v2), mode="r+")
     del g.attrs["integrity"]
     g.attrs["schema_version"] = 2
     with caplog.at_level(logging.WARNING):
-        r = StoreReader(store)
+        r = StoreReader(v2)
         assert r.verify() == 64 and len(r.fingerprint()) == 64
     assert any("schema version 2 store: no content binding" in rec.getMessage() for rec in caplog.records)
 
@@ -488,7 +509,6 @@ def test_a_demo_folder_whose_run_holds_a_users_file_is_refused(tmp_path, capsys)
 
 
 def _with_outlier(tiny_root, tmp_path, value=1e30, where=(200, 3, 0, 10, 11)):
-    import numpy as np
 
     src = tmp_path / "raw"
     shutil.copytree(tiny_root / "train", src)
@@ -502,13 +522,12 @@ def _with_outlier(tiny_root, tmp_path, value=1e30, where=(200, 3, 0, 10, 11)):
 def test_an_outlier_is_refused_with_its_count_and_place(tiny_root, tmp_path, capsys, scale):
     src = _with_outlier(tiny_root, tmp_path)
     assert cli.main(["pack", str(src), str(tmp_path / "s.zarr"), "--scale", scale, "--no-progress"]) == 2
-    one_line(capsys, "1 value(s) of channel 0 are above", "1e+30 at trajectory 200, frame 3, pixel (y=10, x=11)",
+    one_line(capsys, "1 value(s) of channel 0 are above", "1e+30 at episode 200, frame 3, pixel (y=10, x=11)",
              "--clip-outliers")
     assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "s.zarr.partial").exists()
 
 
 def test_clip_outliers_keeps_the_channels_range_and_records_the_count(tiny_root, tmp_path):
-    import numpy as np
 
     from jepa_fast.data import pack
     from jepa_fast.data.reader import StoreReader
@@ -538,17 +557,15 @@ def test_a_shard_size_that_would_exhaust_memory_is_refused_before_writing(tiny_r
                      "--no-progress"]) == 0  # clamped to the split's 256 trajectories: 37 MB
     big = tmp_path / "big"
     big.mkdir()
-    import numpy as np
 
     np.lib.format.open_memmap(big / "states.npy", mode="w+", dtype=np.uint8, shape=(600, 17, 2, 65, 65))
     np.save(big / "actions.npy", np.zeros((600, 16, 2), np.float32))
     assert cli.main(["pack", str(big), str(tmp_path / "b.zarr"), "--chunk-trajectories", "600", "--no-progress"]) == 2
-    one_line(capsys, "shards of 600 trajectories would hold", "--chunk-trajectories")
+    one_line(capsys, "shards of 600 rows of 17 frames would hold", "--chunk-trajectories")
     assert not (tmp_path / "b.zarr.partial").exists()
 
 
 def test_a_crafted_npy_header_and_a_fifo_are_refused(tiny_root, tmp_path, capsys):
-    import numpy as np
 
     crafted = tmp_path / "crafted"
     shutil.copytree(tiny_root / "probe_wall" / "val", crafted)
@@ -576,7 +593,6 @@ def test_probe_refuses_devices_it_cannot_run_on(tiny_run, tiny_packed, tmp_path,
 
 
 def test_frames_too_small_for_the_encoder_are_named_as_such(tmp_path, capsys):
-    import numpy as np
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -593,10 +609,10 @@ def test_a_full_disk_names_the_file_and_what_to_do_per_command(tiny_root, tiny_p
     from jepa_fast import atomic
     from jepa_fast.data import writer
 
-    def full(self, s, q):
+    def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "s.zarr.partial" / "states"))
 
-    monkeypatch.setattr(writer.StoreWriter, "write_shard", full)
+    monkeypatch.setattr(writer, "write_shard", full)
     assert cli.main(["pack", str(tiny_root / "train"), str(tmp_path / "s.zarr"), "--no-progress"]) == 2
     line = one_line(capsys, "s.zarr.partial/states: No space left on device", "MB free there", "--resume")
     assert "a file" not in line

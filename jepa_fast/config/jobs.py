@@ -23,7 +23,10 @@ class PackConfig:
     chunk_mib: float = 1.0
     """Target raw size of one shard (k whole trajectories); k = round(chunk_mib MiB / trajectory bytes)."""
     chunk_trajectories: int = 0
-    """k, trajectories per shard; 0 picks it from chunk_mib."""
+    """k, rows per shard (a row: one fixed-length episode, or row_frames frames); 0 picks it from chunk_mib."""
+    row_frames: int = 0
+    """L, frames per row (the unit a window's frames are decoded in); 0 = the episodes' length when they all
+    have the same (one episode per row), else 16."""
     scale: str = "sample"
     """Per-channel quantisation scale for float input: 'sample' = 1.01 x the max over a strided sample
     (one read pass; the pack re-runs with the exact max if any value would clip), 'exact' = the max
@@ -41,7 +44,7 @@ class PackConfig:
         one_of(self, "pack", "scale", ("sample", "exact"))
         check(1 <= self.zstd_level <= 22, f"pack.zstd_level={self.zstd_level}: must be in 1..22")
         check(self.chunk_mib > 0, f"pack.chunk_mib={self.chunk_mib}: must be > 0")
-        at_least(self, "pack", 0, "chunk_trajectories")
+        at_least(self, "pack", 0, "chunk_trajectories", "row_frames")
         at_least(self, "pack", 1, "workers")
 
     def trajectories_per_shard(self, traj_bytes: int) -> int:
@@ -56,8 +59,9 @@ class PackConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """The course project's probing protocol. Defaults are the original values; change them only to
-    experiment, since the published numbers mean these settings."""
+    """The course project's probing protocol (and, for other data, the same prober on the store's targets).
+    Defaults are the original values; change them only to experiment, since the published numbers mean
+    these settings."""
 
     lr: float = 2e-4
     """Adam lr of the very first step; the schedule's peak is lr x batch_size / 256."""
@@ -68,7 +72,7 @@ class ProbeConfig:
     sample_timesteps: int = 30
     """When T > this, each training sample uses this many random timesteps."""
     hidden: int = 256
-    """Prober: Linear(D, hidden) - ReLU - Linear(hidden, 2)."""
+    """Prober: Linear(D, hidden) - ReLU - Linear(hidden, K), K the number of targets (two-rooms: 2)."""
     warmup_fraction: float = 0.1
     """Linear warm-up over this fraction of all prober steps."""
     end_lr_ratio: float = 0.001
@@ -80,9 +84,13 @@ class ProbeConfig:
     cache: bool = True
     """Compute each split's embeddings once and train the prober on the cache (the model is frozen);
     False re-runs the model on every prober batch, as the original evaluator does."""
+    seq_len: int = 0
+    """Frames per probed window (a rollout from its first frame) for data other than two-rooms; 0 = the
+    run's training window (data.seq_len), or the episodes' own length. Two-rooms data is always probed on
+    whole trajectories, as the original protocol does."""
 
     def __post_init__(self) -> None:
-        at_least(self, "probe", 0, "seed")
+        at_least(self, "probe", 0, "seed", "seq_len")
         at_least(self, "probe", 1, "epochs", "batch_size", "sample_timesteps", "hidden", "embed_batch")
         check(self.lr > 0, f"probe.lr={self.lr}: must be > 0")
         check(0 <= self.warmup_fraction < 1, f"probe.warmup_fraction={self.warmup_fraction}: must be in [0, 1)")

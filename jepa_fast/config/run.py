@@ -32,7 +32,7 @@ class AugmentConfig:
     """Probability of an up-down flip of a whole trajectory (y -> H-1-y, dy -> -dy)."""
     noise_p: float = 0.0
     """Probability that a trajectory gets additive Gaussian noise (frames only; a channel that is static
-    over the trajectory gets one noise image for all its frames, see ``model.static_walls``)."""
+    over the trajectory gets one noise image for all its frames, see ``model.static_once``)."""
     noise_std: float = 0.02
     """Std of that noise, in units of the channel's maximum value."""
     brightness_p: float = 0.0
@@ -84,9 +84,18 @@ class DataConfig:
     """Batches prepared ahead of the step."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Augmentations."""
+    seq_len: int = 0
+    """Frames per training window (T); 0 = the episodes' own length when they all have the same (the two-rooms
+    data: 17, every episode one window). Episodes shorter than this hold no window (counted and said)."""
+    stride: int = 0
+    """Frames between the starts of consecutive windows of an episode; 0 = seq_len (windows do not overlap)."""
+    window_offset: int = 0
+    """Where an episode's first window starts (frames from the episode's start)."""
 
     def __post_init__(self) -> None:
         one_of(self, "data", "loader", ("auto", "dali", "torch"))
+        check(self.seq_len == 0 or self.seq_len >= 2, f"data.seq_len={self.seq_len}: 0 (the episodes') or >= 2")
+        at_least(self, "data", 0, "stride", "window_offset")
         one_of(self, "data", "resident", ("auto", "device", "host"))
         at_least(self, "data", 0, "seed", "workers")
         at_least(self, "data", 1, "batch_size", "prefetch")
@@ -103,9 +112,9 @@ class ModelConfig:
     encoder_widths: tuple[int, ...] = (8, 16, 32, 64)
     """Channels of the Conv3x3-stride-2 stages of each encoder branch."""
     repr_dim: int = 128
-    """D: latent size (the two branch outputs are concatenated)."""
+    """D: latent size (the encoder branches' outputs, one per channel group, are concatenated)."""
     action_dim: int = 128
-    """Size of the action embedding Linear(2 -> action_dim)."""
+    """Size of the action embedding Linear(A -> action_dim), A the data's action size."""
     hidden_dim: int = 128
     """GRU hidden size."""
     gru_layers: int = 2
@@ -117,16 +126,20 @@ class ModelConfig:
     residual_predictor: bool = False
     """Predict the change of the latent (s_{t+1} = s_t + f(...)) instead of the latent itself; no extra
     parameters, and rollouts drift less over long horizons."""
-    static_walls: bool = True
-    """Encode the wall channel once per trajectory and broadcast it over T. Exact when the wall image
-    is constant over a trajectory (true of the two-rooms data, and checked at pack time: the trainer
-    turns this off for a store whose attrs say otherwise). Cuts the wall branch's cost ~T x. Noise
-    augmentation gives the wall channel one noise image per trajectory either way, so the only
-    difference is BatchNorm's running-variance correction (n/(n-1) over B vs B*T frames; tested)."""
+    static_once: bool = True
+    """Encode the store's static channels (the two-rooms walls: identical in every frame of an episode,
+    checked at pack time) once per window and broadcast them over T; cuts that branch's cost ~T x. Noise
+    augmentation gives a static channel one noise image per window either way, so the only difference
+    from encoding every frame is BatchNorm's running-variance correction (n/(n-1) over B vs B*T frames;
+    tested). A store without static channels has nothing to do here."""
+    input_norm: str = "auto"
+    """Input normalisation per channel: 'constant' (value x ``input_scale``: the two-rooms presets, so the
+    published numbers hold), 'store' ((value - mean) / std with the store's per-channel statistics, for
+    any other data), 'auto' (constant for two-rooms stores, store otherwise)."""
     input_scale: float = TWO_ROOMS_INPUT_SCALE
     """Multiplies raw frame values before the encoder. The default, 2 pi sigma^2 = 10.6186 for the
     simulator's dot (sigma 1.3), is 1 / the two-rooms pixel peak: it maps the agent's peak and the
-    wall value (1 / (2 pi sigma^2) = 0.0942 in the real data's units) to 1."""
+    wall value (1 / (2 pi sigma^2) = 0.0942 in the real data's units) to 1. Used when input_norm is constant."""
 
     def __post_init__(self) -> None:
         check(len(self.encoder_widths) >= 1 and all(w >= 1 for w in self.encoder_widths),
@@ -135,6 +148,7 @@ class ModelConfig:
         at_least(self, "model", 2, "repr_dim")
         check(0 <= self.gru_dropout < 1, f"model.gru_dropout={self.gru_dropout}: must be in [0, 1)")
         check(self.input_scale > 0, f"model.input_scale={self.input_scale}: must be > 0")
+        one_of(self, "model", "input_norm", ("auto", "constant", "store"))
 
 
 MODEL_PRESETS: dict[str, dict] = {
@@ -296,6 +310,17 @@ RETIRED_FIELDS = frozenset({"model.preset"})
 ``preset``); reading such a file drops them."""
 
 
+RENAMED_FIELDS = {"model.static_walls": "model.static_once"}
+"""Fields that earlier versions wrote under another name; reading such a file renames them."""
+
+
 def run_config_from_dict(d: dict) -> RunConfig:
     """Rebuild a RunConfig from its to_dict() form (checkpoints, config.json)."""
+    if not isinstance(d, dict):
+        return from_dict(RunConfig, d)  # a ConfigError naming what it is instead
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for old, new in RENAMED_FIELDS.items():
+        (so, fo), (sn, fn) = old.split("."), new.split(".")
+        if isinstance(d.get(so), dict) and fo in d[so]:
+            d.setdefault(sn, {})[fn] = d[so].pop(fo)
     return from_dict(RunConfig, d, retired=RETIRED_FIELDS)

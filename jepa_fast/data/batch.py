@@ -1,7 +1,7 @@
 """The Batch contract every loader delivers, and what loaders share to execute a plan: its flips on frames
-(decoding straight into flipped order, or on the device) and on actions/locations.
+(decoding straight into flipped order, or on the device) and on actions/targets (the data's flip rules).
 
-A loader delivers uint8 frames, already flipped as the sampler decided, with actions and locations
+A loader delivers uint8 frames, already flipped as the sampler decided, with actions and targets
 transformed to match. Turning frames into model input (cast, per-channel scale, brightness, noise)
 is elementwise work that the model does on the training device (``JEPA.encode_stored``, inside the
 compiled step), where it fuses with the first convolution's input read instead of moving 4x the bytes.
@@ -14,16 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jepa_fast.data.reader import SplitData
 from jepa_fast.data.sampler import Plan
+from jepa_fast.data.split import SplitData
+from jepa_fast.errors import JepaFastError
+from jepa_fast.spec import FlipRule
 
 
 @dataclass
 class Batch:
     states: torch.Tensor  # (B, T, C, H, W) uint8 on the training device, flipped
-    actions: torch.Tensor  # (B, T-1, 2) float32, flipped to match
-    locations: torch.Tensor | None  # (B, T, 2) float32 when the split has them, flipped to match
-    indices: torch.Tensor  # (B,) int64 trajectory indices in the split
+    actions: torch.Tensor  # (B, T-1, A) float32, flipped to match
+    targets: torch.Tensor | None  # (B, T, K) float32 when the split has them, flipped to match
+    indices: torch.Tensor  # (B,) int64 window indices in the split
     brightness: torch.Tensor  # (B,) float32 factor, 1 = none
     noise_std: torch.Tensor  # (B,) float32, 0 = none, in units of the channel maximum
     scale: torch.Tensor  # (C,) float32: value = uint8 x scale
@@ -32,19 +34,23 @@ class Batch:
         return self.states.shape[0]
 
 
-def flip_actions_locations(actions: np.ndarray, locations: np.ndarray | None, flip_lr: np.ndarray,
-                           flip_ud: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Apply trajectory flips to actions (B, T-1, 2) and locations (B, T, 2): x -> size-1-x, dx -> -dx (lr),
-    y -> size-1-y, dy -> -dy (ud). Returns new float32 arrays."""
+def flip_actions_targets(actions: np.ndarray, targets: np.ndarray | None, flip_lr: np.ndarray, flip_ud: np.ndarray,
+                         flips: dict[str, FlipRule]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Apply window flips to actions (B, T-1, A) and targets (B, T, K) by the data's rules: each flip negates
+    its action components and mirrors its target components (t -> c - t). Returns new float32 arrays.
+    Two-rooms: lr negates dx and maps x -> W-1-x; ud negates dy and maps y -> H-1-y."""
     a = np.array(actions, dtype=np.float32)
-    a[flip_lr, :, 0] *= -1
-    a[flip_ud, :, 1] *= -1
-    loc = None
-    if locations is not None:
-        loc = np.array(locations, dtype=np.float32)
-        loc[flip_lr, :, 0] = (size - 1) - loc[flip_lr, :, 0]
-        loc[flip_ud, :, 1] = (size - 1) - loc[flip_ud, :, 1]
-    return a, loc
+    t = None if targets is None else np.array(targets, dtype=np.float32)
+    for name, mask in (("lr", flip_lr), ("ud", flip_ud)):
+        if not mask.any():
+            continue
+        rule = flips[name]
+        for c in rule.negate:
+            a[mask, :, c] *= -1
+        if t is not None:
+            for c, center in rule.mirror:
+                t[mask, :, c] = center - t[mask, :, c]
+    return a, t
 
 
 def flipped(frames: np.ndarray, lr: bool, ud: bool) -> np.ndarray:
@@ -65,23 +71,31 @@ def flip_on_device(states: torch.Tensor, flip_lr: torch.Tensor, flip_ud: torch.T
 
 
 def plan_arrays(data: SplitData, plan: Plan) -> tuple[np.ndarray, np.ndarray | None]:
-    """Actions (B, T-1, 2) and locations (B, T, 2) or None of a plan's trajectories, flipped as the plan says."""
+    """Actions (B, T-1, A) and targets (B, T, K) or None of a plan's windows, flipped as the plan says."""
     idx = plan.indices
-    loc = None if data.locations is None else data.locations[idx]
-    return flip_actions_locations(data.actions[idx], loc, plan.flip_lr, plan.flip_ud, data.W)
+    return flip_actions_targets(data.window_actions(idx), data.window_targets(idx), plan.flip_lr, plan.flip_ud,
+                                data.spec.flips)
+
+
+def check_flips(data: SplitData, augment) -> None:
+    """Flips are allowed only on data that says how they transform its actions and targets."""
+    for name, p in (("lr", augment.flip_lr), ("ud", augment.flip_ud)):
+        if p > 0 and name not in data.spec.flips:
+            raise JepaFastError(f"data.augment.flip_{name}={p}: {data.path} declares no {name} flip rule (how a flip "
+                                "changes its actions and targets), so flipping would break them; set it to 0")
 
 
 def decode_flipped(data: SplitData, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray,
                    flip_ud: np.ndarray) -> np.ndarray:
-    """Decode trajectories ``indices`` into out (len(indices), T, C, H, W) uint8, flipped as the masks say.
+    """Decode windows ``indices`` into out (len(indices), T, C, H, W) uint8, flipped as the masks say.
 
-    A flipped trajectory is decoded into a cache-resident scratch buffer and copied out reversed
+    A flipped window is decoded into a cache-resident scratch buffer and copied out reversed
     (one pass over the output instead of decode + a separate flip pass).
     """
     tmp = np.empty(data.frame_shape, dtype=np.uint8)
     for j, i in enumerate(indices):
         if not (flip_lr[j] or flip_ud[j]):
-            data.reader.decode(int(i), out[j])
+            data.decode_window(int(i), out[j])
             continue
-        np.copyto(out[j], flipped(data.reader.decode(int(i), tmp), flip_lr[j], flip_ud[j]))
+        np.copyto(out[j], flipped(data.decode_window(int(i), tmp), flip_lr[j], flip_ud[j]))
     return out

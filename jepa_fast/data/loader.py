@@ -25,16 +25,16 @@ import numpy as np
 import torch
 
 from jepa_fast.config import DataConfig
-from jepa_fast.data.batch import Batch, decode_flipped, flip_on_device, flipped, plan_arrays
-from jepa_fast.data.reader import SplitData
+from jepa_fast.data.batch import Batch, check_flips, decode_flipped, flip_on_device, flipped, plan_arrays
 from jepa_fast.data.sampler import Plan, Sampler
+from jepa_fast.data.split import SplitData
 from jepa_fast.errors import JepaFastError
 from jepa_fast.hardware import dali_extra, resolve_workers
 
 log = logging.getLogger(__name__)
 
 
-def make_batch(plan: Plan, states: torch.Tensor, actions: np.ndarray, locations: np.ndarray | None,
+def make_batch(plan: Plan, states: torch.Tensor, actions: np.ndarray, targets: np.ndarray | None,
                scale: torch.Tensor, device: torch.device) -> Batch:
     """The Batch of a plan; on CUDA the small arrays go through pinned memory with non-blocking copies
     (a pageable copy would block the host until the device has caught up). ``scale`` is already on device."""
@@ -44,7 +44,7 @@ def make_batch(plan: Plan, states: torch.Tensor, actions: np.ndarray, locations:
         t = torch.from_numpy(np.ascontiguousarray(a))
         return t.pin_memory().to(device, non_blocking=True) if cuda else t
 
-    return Batch(states=states, actions=put(actions), locations=None if locations is None else put(locations),
+    return Batch(states=states, actions=put(actions), targets=None if targets is None else put(targets),
                  indices=put(plan.indices.astype(np.int64)), brightness=put(plan.brightness),
                  noise_std=put(plan.noise_std), scale=scale)
 
@@ -103,10 +103,12 @@ class _Prefetcher:
 # the torch fallback loader
 
 
-def _gather(src: np.ndarray, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray, flip_ud: np.ndarray) -> None:
-    """out[j] = src[indices[j]], flipped as asked (numpy copies release the GIL)."""
-    for j, i in enumerate(indices):
-        np.copyto(out[j], flipped(src[i], flip_lr[j], flip_ud[j]))
+def _gather(src: np.ndarray, starts: np.ndarray, T: int, out: np.ndarray, flip_lr: np.ndarray,
+            flip_ud: np.ndarray) -> None:
+    """out[j] = src[starts[j]:starts[j] + T] (frames of the resident split, flat), flipped as asked (numpy copies
+    release the GIL)."""
+    for j, s in enumerate(starts):
+        np.copyto(out[j], flipped(src[s:s + T], flip_lr[j], flip_ud[j]))
 
 
 class TorchLoader:
@@ -132,22 +134,39 @@ class TorchLoader:
     def _choose_resident(self, resident: str) -> str:
         if resident != "auto":
             return resident
-        need = self.data.n * int(np.prod(self.data.frame_shape))
+        d = self.data
+        need = d.reader.rows * d.L * d.C * d.H * d.W
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             return "device" if need < free // 4 else "host"
         return "host"  # on CPU, decoding a batch is as fast as gathering it and holds no copy of the split
 
     def _decode_all(self) -> torch.Tensor:
-        d = self.data
-        frames = torch.empty((d.n,) + d.frame_shape, dtype=torch.uint8, device=self.device)
-        step = 1024
-        buf = np.empty((step,) + d.frame_shape, dtype=np.uint8)
-        for a in range(0, d.n, step):
-            b = min(d.n, a + step)
-            d.decode_into(np.arange(a, b), buf[: b - a])
-            frames[a:b].copy_(torch.from_numpy(buf[: b - a]))
+        """Every frame of the split, flat: (rows x L, C, H, W) uint8 on the device."""
+        d, r = self.data, self.data.reader
+        frames = torch.empty((r.rows * d.L, d.C, d.H, d.W), dtype=torch.uint8, device=self.device)
+        step = max(1, 16384 // d.L)
+        buf = np.empty((step, d.L, d.C, d.H, d.W), dtype=np.uint8)
+        for a in range(0, r.rows, step):
+            b = min(r.rows, a + step)
+            for i in range(a, b):
+                r.decode(i, buf[i - a])
+            frames[a * d.L:b * d.L].copy_(torch.from_numpy(buf[: b - a].reshape(-1, d.C, d.H, d.W)))
         return frames
+
+    def _resident_gather(self, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The frames of windows whose first frames are ``index`` (B,): (B, T, C, H, W)."""
+        d = self.data
+        if d.aligned:  # every window is one row: gather rows
+            rows = self.frames.view(-1, d.T, d.C, d.H, d.W)
+            return torch.index_select(rows, 0, index // d.T, out=out) if out is not None else rows.index_select(
+                0, index // d.T)
+        frames = index[:, None] + torch.arange(d.T, device=index.device)  # (B, T)
+        got = self.frames.index_select(0, frames.reshape(-1)).view(len(index), d.T, d.C, d.H, d.W)
+        if out is not None:
+            out.copy_(got)
+            return out
+        return got
 
     def __len__(self) -> int:
         return self.sampler.steps_per_epoch
@@ -171,23 +190,24 @@ class TorchLoader:
 
     def _produce(self, plan: Plan) -> Batch:
         d = self.data
-        actions, locations = plan_arrays(d, plan)
+        actions, targets = plan_arrays(d, plan)
+        starts = d.window_starts[plan.indices]  # (B,) first frame of each window
         if self.frames is not None and self.device.type == "cpu":
             # resident in RAM: gather with flipped views straight into a ring buffer, on worker threads
             out = self._host_buffer(len(plan.indices), False)
             if not (plan.flip_lr.any() or plan.flip_ud.any()):
-                torch.index_select(self.frames, 0, torch.from_numpy(plan.indices), out=out)
-                return make_batch(plan, out, actions, locations, self.scale, self.device)
+                self._resident_gather(torch.from_numpy(starts), out=out)
+                return make_batch(plan, out, actions, targets, self.scale, self.device)
             src, dst = self.frames.numpy(), out.numpy()
             parts = np.array_split(np.arange(len(plan.indices)), self.workers)
-            list(self._pool.map(lambda p: _gather(src, plan.indices[p], dst[p[0]:p[-1] + 1], plan.flip_lr[p],
+            list(self._pool.map(lambda p: _gather(src, starts[p], d.T, dst[p[0]:p[-1] + 1], plan.flip_lr[p],
                                                   plan.flip_ud[p]) if len(p) else None, parts))
-            return make_batch(plan, out, actions, locations, self.scale, self.device)
+            return make_batch(plan, out, actions, targets, self.scale, self.device)
         if self.frames is not None:  # resident on the GPU: gather and flip there, with no host sync
-            pinned = torch.from_numpy(np.stack([plan.indices, plan.flip_lr, plan.flip_ud])).pin_memory()
-            plan_dev = pinned.to(self.device, non_blocking=True)  # (3, B): indices, flip_lr, flip_ud
-            states = flip_on_device(self.frames.index_select(0, plan_dev[0]), plan_dev[1], plan_dev[2])
-            return make_batch(plan, states, actions, locations, self.scale, self.device)
+            pinned = torch.from_numpy(np.stack([starts, plan.flip_lr, plan.flip_ud])).pin_memory()
+            plan_dev = pinned.to(self.device, non_blocking=True)  # (3, B): first frames, flip_lr, flip_ud
+            states = flip_on_device(self._resident_gather(plan_dev[0]), plan_dev[1], plan_dev[2])
+            return make_batch(plan, states, actions, targets, self.scale, self.device)
         pin = self.device.type == "cuda"
         host = self._host_buffer(len(plan.indices), pin)
         out = host.numpy()
@@ -197,7 +217,7 @@ class TorchLoader:
         states = host.to(self.device, non_blocking=pin)
         if pin:  # the pinned buffer may be reused only once this copy has run
             self._ring_events[self._last_slot].record()
-        return make_batch(plan, states, actions, locations, self.scale, self.device)
+        return make_batch(plan, states, actions, targets, self.scale, self.device)
 
     def __iter__(self) -> Iterator[Batch]:
         """The rest of the epoch from the sampler's position (the sampler advances as batches are handed out)."""
@@ -230,7 +250,9 @@ def build_loader(store: Path | SplitData, cfg: DataConfig, device: torch.device,
                  world_size: int = 1, shuffle: bool | None = None, drop_last: bool | None = None,
                  augment: bool = True):
     """The loader for one split: DALI or torch per ``cfg.loader``; logs which one and why."""
-    data = store if isinstance(store, SplitData) else SplitData(store)
+    data = store if isinstance(store, SplitData) else SplitData(store, cfg.seq_len, cfg.stride, cfg.window_offset)
+    if augment:
+        check_flips(data, cfg.augment)
     sampler = Sampler(data.n, cfg.batch_size, cfg.seed, rank, world_size,
                       shuffle=cfg.shuffle if shuffle is None else shuffle,
                       drop_last=cfg.drop_last if drop_last is None else drop_last,

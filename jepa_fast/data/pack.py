@@ -1,9 +1,12 @@
-"""The packer: validate raw split folders (the original .npy format), then stream them into stores.
+"""The packer: episode sources (``source.py``, ``hdf5.py``) streamed into schema-4 stores (``writer.py``).
 
-``pack_split`` packs one split folder into ``<dst>.zarr``; ``pack_path`` packs one split or every split
-of a dataset root. Work happens in ``<dst>.partial`` with a small progress file, so a killed pack
-resumes after its last complete block (``--resume``) and the store appears only when complete. Reads
-are bounded (a pool of ~16 MiB blocks); quantisation, compression and writes run on worker threads.
+``pack_split`` packs one source (a split folder of .npy files, or an HDF5 file) into ``<dst>.zarr``;
+``pack_path`` packs one source or every split of a dataset root. Work happens in ``<dst>.partial`` with a
+small progress file, so a killed pack resumes after its last complete shard (``--resume``) and the store
+appears only when complete. Reads are bounded (blocks of ~16 MiB of frames); quantisation, compression
+and writes run on worker threads. Float frames are quantised to uint8 with a per-channel scale taken from
+a strided sample of episodes (or the exact maximum); a value that would stretch a channel's range until
+the rest of it rounds to zero is refused, or clipped on request.
 """
 
 from __future__ import annotations
@@ -11,134 +14,87 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from jepa_fast import atomic, lock
 from jepa_fast.config import PackConfig
+from jepa_fast.data import scan
+from jepa_fast.data.hdf5 import Hdf5Source
 from jepa_fast.data.reader import store_nbytes
-from jepa_fast.data.schema import ChunkCodec, channel_range, scale_for
-from jepa_fast.data.source import Source, find_splits, open_source, read_block
-from jepa_fast.data.writer import StoreWriter
+from jepa_fast.data.schema import ChunkCodec, scale_for
+from jepa_fast.data.shard import BadValue, ScaleOverflow
+from jepa_fast.data.source import EpisodeSource, NpySource
+from jepa_fast.data.writer import StoreBuilder
 from jepa_fast.errors import JepaFastError
 from jepa_fast.progress import frame_bar
 
 SCALE_HEADROOM = 1.01
 """With pack.scale='sample', the scale is this x the sampled max (a value above it triggers a repack)."""
-SAMPLE_TRAJECTORIES = 64
-"""Trajectories read (evenly strided) to estimate the per-channel max with pack.scale='sample'."""
-OUTLIER_RATIO = 64.0
-"""A float value above this x the 99.9th percentile of its channel's sampled positive values is an outlier:
-quantising with its range would lose the channel's other values (the packer refuses, or clips on request)."""
 MAX_SHARD_MIB = 64
-"""A shard holds at most this much raw data: the packer's read buffers are a few shards of the source dtype."""
+"""A shard holds at most this much raw data: the packer's buffers are a few shards of the source dtype."""
+ROW_FRAMES = 16
+"""Frames per row when episodes differ in length (fixed-length episodes make one row each)."""
 PROGRESS_FILE = "pack_progress.json"
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
 
 # ---------------------------------------------------------------------------------------------
-# Packing
+# sources
 
 
-class _ScaleOverflow(Exception):
-    def __init__(self, value_max):
-        self.value_max = value_max
+def open_episodes(src: Path, channels: str = "auto", keys: dict | None = None) -> EpisodeSource:
+    """The episode source at ``src``: a folder of .npy files, or an HDF5 file (``keys`` chooses its datasets)."""
+    src = Path(src)
+    if src.suffix.lower() in HDF5_SUFFIXES:
+        return Hdf5Source(src, channels=channels, **(keys or {}))
+    if keys:
+        raise JepaFastError(f"--{next(iter(keys)).replace('_', '-')}: chooses datasets of an HDF5 file; {src} is a "
+                            "folder of .npy files (it names its arrays states/actions/targets.npy)")
+    return NpySource(src, channels)
 
 
-def _check_block(src: Path, x: np.ndarray, start: int, scale: np.ndarray | None,
-                 limit: np.ndarray | None = None) -> np.ndarray:
-    """Validate a block of source frames; returns its per-channel max. With ``limit`` (clipping outliers),
-    values above it may exceed the scale: they are clipped."""
-    mn, mx, finite = channel_range(x)
-    f = src / "states.npy"
-    if not finite:
-        bad = start + int(np.nonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0][0])
-        raise JepaFastError(f"{f}: trajectory {bad} contains NaN or Inf; fix or drop it before packing")
-    if (mn < 0).any():
-        bad = start + int(np.nonzero((x < 0).reshape(len(x), -1).any(axis=1))[0][0])
-        raise JepaFastError(f"{f}: trajectory {bad} has negative values ({mn.min():.4g}); frames must be >= 0")
-    if scale is not None and x.dtype != np.uint8:
-        over = mx / scale >= 255.5
-        if limit is not None:  # clipping: only values below the outlier limit must fit the scale
-            over &= np.array([(x[:, :, c][x[:, :, c] <= limit[c]].max(initial=0) / scale[c]) >= 255.5
-                              for c in range(x.shape[2])])
-        if over.any():
-            raise _ScaleOverflow(mx)
-    return mx
+def find_splits(root: Path) -> dict[str, Path]:
+    """The splits under a dataset root, by name: every folder holding a states.npy (named by its path
+    under the root) and every HDF5 file (named by its path without the suffix)."""
+    root = Path(root)
+    found = {str(p.parent.relative_to(root)): p.parent for p in root.rglob("states.npy")}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in HDF5_SUFFIXES and p.is_file():
+            name = str(p.relative_to(root).with_suffix(""))
+            if name in found:
+                raise JepaFastError(f"{root}: split {name!r} is both {found[name]} and {p}; keep one")
+            found[name] = p
+    return dict(sorted(found.items()))
 
 
-def _sample_stats(source: Source) -> tuple[np.ndarray, np.ndarray]:
-    """(per-channel max, outlier limit) of an evenly strided sample of trajectories. The limit is
-    OUTLIER_RATIO x the 99.9th percentile of the sampled positive values (infinite for uint8 input or a
-    channel the sample shows empty: nothing to judge by)."""
-    N, C = len(source.states), source.states.shape[2]
-    idx = np.unique(np.linspace(0, N - 1, min(N, SAMPLE_TRAJECTORIES)).round().astype(int))
-    mx, limit = np.zeros(C), np.full(C, np.inf)
-    sample = np.stack([np.asarray(source.states[i]) for i in idx])  # (S, T, C, H, W)
-    for j, i in enumerate(idx):
-        mx = np.maximum(mx, _check_block(source.path, sample[j:j + 1], int(i), None))
-    if source.states.dtype != np.uint8:
-        for c in range(C):
-            pos = sample[:, :, c][sample[:, :, c] > 0]
-            if pos.size:
-                limit[c] = OUTLIER_RATIO * float(np.percentile(pos, 99.9))
-    return mx, limit
-
-
-def _full_scan(source: Source, block: int, progress: bool, limit: np.ndarray, clip: bool) -> tuple[np.ndarray, int]:
-    """One read pass: (the per-channel max the scale must cover, outliers found). Outliers (values above
-    ``limit``) are refused with their count and the first one, unless ``clip``: then the max covers only
-    the other values and the outliers are clipped when quantised."""
-    N, T, C = source.states.shape[:3]
-    mx, inliers, count, first = np.zeros(C), np.zeros(C), np.zeros(C, dtype=np.int64), {}
-    bar = frame_bar(N * T, progress, "scan max")
-    with open(source.path / "states.npy", "rb") as fh:
-        for a in range(0, N, block):
-            b = min(N, a + block)
-            x = read_block(fh, source, a, b)
-            mx = np.maximum(mx, _check_block(source.path, x, a, None))
-            for c in np.nonzero(mx > limit)[0]:
-                out = x[:, :, c] > limit[c]  # (m, T, H, W)
-                n = int(out.sum())
-                if n:
-                    count[c] += n
-                    first.setdefault(int(c), (a, *np.argwhere(out)[0], float(x[:, :, c][out].max())))
-                inliers[c] = max(inliers[c], float(x[:, :, c][~out].max(initial=0)))
-            inliers = np.where(mx > limit, inliers, mx)
-            bar.update((b - a) * T)
-    bar.close()
-    if count.sum() and not clip:
-        c = int(np.nonzero(count)[0][0])
-        a, i, t, y, x_, big = first[c]
-        raise JepaFastError(f"{source.path / 'states.npy'}: {int(count[c]):,} value(s) of channel {c} are above "
-                            f"{limit[c]:.4g} ({OUTLIER_RATIO:g}x the 99.9th percentile of a strided sample), e.g. "
-                            f"{big:.4g} at trajectory {a + i}, frame {t}, pixel (y={y}, x={x_}): quantising with "
-                            "that range would round the channel's other values to 0; fix or drop them, or pass "
-                            "--clip-outliers to clip them (recorded in the store)")
-    return inliers, int(count.sum())
+# ---------------------------------------------------------------------------------------------
+# packing one source
 
 
 def pack_split(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bool = False, resume: bool = False,
-               progress: bool = True) -> dict:
-    """Pack one raw split folder into ``dst`` (a ``.zarr`` store). Atomic and resumable.
+               progress: bool = True, channels: str = "auto", keys: dict | None = None) -> dict:
+    """Pack one source (a split folder of .npy files, or an HDF5 file) into ``dst`` (a ``.zarr`` store).
 
     Work happens in ``<dst>.partial``; the store appears at ``dst`` only when complete. A killed pack
     leaves the partial store and ``--resume`` continues after the last complete shard. Bad input
-    raises ``JepaFastError`` and removes the partial store.
+    raises ``JepaFastError`` and removes the partial store. ``channels`` (auto | first | last) says where
+    the channel axis of the frames is; ``keys`` chooses an HDF5 file's datasets (``hdf5.py``).
     """
     cfg = cfg or PackConfig()
     src, dst = Path(src), Path(dst)
-    source = open_source(src)
-    N, T, C, H, W = source.states.shape
-    k = min(N, cfg.trajectories_per_shard(T * C * H * W))  # a shard never holds more than the split
-    if k * T * C * H * W > MAX_SHARD_MIB << 20:
-        raise JepaFastError(f"pack: shards of {k:,} trajectories would hold {k * T * C * H * W / 2**30:.2f} GiB each "
-                            f"(at most {MAX_SHARD_MIB} MiB): use a smaller --chunk-trajectories, or --chunk-mib "
+    source = open_episodes(src, channels, keys)
+    C, H, W = source.frame_shape
+    L = cfg.row_frames or source.fixed_length or ROW_FRAMES
+    rows = -(-source.frames // L)
+    k = min(rows, cfg.trajectories_per_shard(L * C * H * W))  # a shard never holds more than the split
+    if k * L * C * H * W > MAX_SHARD_MIB << 20:
+        raise JepaFastError(f"pack: shards of {k:,} rows of {L} frames would hold {k * L * C * H * W / 2**30:.2f} GiB "
+                            f"each (at most {MAX_SHARD_MIB} MiB): use a smaller --chunk-trajectories, or --chunk-mib "
                             f"(default 1)")
-    options = {"codec": cfg.codec, "zstd_level": cfg.zstd_level, "k": k, "scale_mode": cfg.scale,
+    options = {"codec": cfg.codec, "zstd_level": cfg.zstd_level, "k": k, "row_frames": L, "scale_mode": cfg.scale,
                "clip_outliers": cfg.clip_outliers}
     atomic.check_apart(dst, {"source": src}, "store")
     with lock.exclusive(dst, "store"):
@@ -146,11 +102,11 @@ def pack_split(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: b
             print(f"{dst}: already packed from this source with these options; kept")
             return _summary(dst, source, k, 0.0)
         atomic.check_destination(dst, overwrite, "store")
-        return _pack_split_locked(source, dst, cfg, k, options, overwrite, resume, progress)
+        return _pack_split_locked(source, dst, cfg, L, k, options, overwrite, resume, progress)
 
 
-def _packed_from(dst: Path, source: Source, options: dict) -> bool:
-    """Is ``dst`` a complete store packed from this very source file with these options?"""
+def _packed_from(dst: Path, source: EpisodeSource, options: dict) -> bool:
+    """Is ``dst`` a complete store packed from this very source with these options?"""
     try:
         attrs = json.loads((dst / "zarr.json").read_text()).get("attributes", {})
     except (OSError, ValueError):
@@ -158,69 +114,48 @@ def _packed_from(dst: Path, source: Source, options: dict) -> bool:
     return bool(attrs.get("complete")) and attrs.get("pack") == {"options": options, "source": source.fingerprint()}
 
 
-def _summary(dst: Path, source: Source, k: int, seconds: float) -> dict:
-    N, T = source.states.shape[:2]
-    return {"store": str(dst), "n": N, "frames": N * T, "seconds": seconds, "k": k,
-            "bytes_in": int(source.states.nbytes), "bytes_out": store_nbytes(dst)}
+def _summary(dst: Path, source: EpisodeSource, k: int, seconds: float) -> dict:
+    C, H, W = source.frame_shape
+    return {"store": str(dst), "n": source.episodes, "frames": source.frames, "seconds": seconds, "k": k,
+            "bytes_in": source.frames * C * H * W * source.dtype.itemsize, "bytes_out": store_nbytes(dst)}
 
 
-def _pack_split_locked(source: Source, dst: Path, cfg: PackConfig, k: int, options: dict, overwrite: bool,
-                       resume: bool, progress: bool) -> dict:
+def _pack_split_locked(source: EpisodeSource, dst: Path, cfg: PackConfig, L: int, k: int, options: dict,
+                       overwrite: bool, resume: bool, progress: bool) -> dict:
     partial = dst.with_name(dst.name + ".partial")
-    N, T, C, H, W = source.states.shape
-    codec = ChunkCodec(cfg.codec, cfg.zstd_level)
     t0 = time.perf_counter()
     state = _load_progress(partial, source, options) if resume else None
     if resume and state is None and partial.exists():
         print(f"{partial}: not resumable (source or options changed); starting over")
     if not resume and not overwrite and (partial / PROGRESS_FILE).exists():
-        done = _progress_done(partial)
-        raise JepaFastError(f"{partial} holds an interrupted pack ({done} of {N:,} trajectories done); pass --resume "
-                            "to continue it, or --overwrite to start over")
+        raise JepaFastError(f"{partial} holds an interrupted pack ({_progress_done(partial, source)} done); pass "
+                            "--resume to continue it, or --overwrite to start over")
     try:
         if state is None:
             shutil.rmtree(partial, ignore_errors=True)
-            sample_max, limit = _sample_stats(source)
-            clipped = 0
-            if cfg.scale == "sample" and not cfg.clip_outliers and (sample_max <= limit).all():
-                value_max, headroom = sample_max, SCALE_HEADROOM
-            else:  # the exact range, outliers found (and refused, or counted for clipping)
-                value_max, clipped = _full_scan(source, _block_len(source, k), progress, limit, cfg.clip_outliers)
-                headroom = 1.0
-            state = {"done": 0, "scale": scale_for(value_max, source.states.dtype, headroom).tolist(),
-                     "value_max": [0.0] * C, "walls_static": True, "options": options,
-                     "source": source.fingerprint(), "clipped": clipped,
-                     "limit": [float(v) if np.isfinite(v) else None for v in limit]}
-            create = True
+            state = _new_state(source, cfg, options, progress, rescan=False)
         else:
-            create = False
-            for stray in partial.rglob(".*"):  # temp files of writes the kill interrupted
-                if stray.is_file():
-                    stray.unlink()
-            print(f"resuming {partial} after trajectory {state['done']:,} of {N:,}")
+            for stray in partial.rglob(".*.tmp"):  # temp files of writes the kill interrupted
+                stray.unlink()
+            print(f"resuming {partial} after {state['builder']['shards_done']:,} shards")
         while True:
-            writer = StoreWriter(partial, N, T, C, H, W, k, codec, np.array(state["scale"]),
-                                 source.locations is not None, _source_attrs(source), create=create)
-            writer.clip = cfg.clip_outliers
-            writer.absent = set(state.get("absent", []))
-            writer.shard_crc = {int(s): c for s, c in state.get("shard_crc", {}).items()}
-            writer.check_written(state["done"] // k)  # what a resume keeps must still be there
+            partial.mkdir(parents=True, exist_ok=True)
             _save_progress(partial, state)
+            builder = _builder(source, partial, cfg, L, k, state)
             try:
-                _pack_states(source, writer, state, cfg.workers, progress)
+                _feed(source, builder, progress)
+                builder.finish({**source.attrs(), "protocol": source.protocol, "clipped_outliers": state["clipped"],
+                                "pack": {"options": options, "source": source.fingerprint()}},
+                               flips=_flips_dict(source), channel_names=source.channel_names)
                 break
-            except _ScaleOverflow:
+            except ScaleOverflow:
+                builder.close()
                 print("a value exceeds the sampled scale; rescanning for the exact max and repacking")
                 shutil.rmtree(partial, ignore_errors=True)
-                limit = np.array([np.inf if v is None else v for v in state["limit"]])
-                value_max, clipped = _full_scan(source, _block_len(source, k), progress, limit, cfg.clip_outliers)
-                state = {**state, "done": 0, "scale": scale_for(value_max, source.states.dtype).tolist(),
-                         "value_max": [0.0] * C, "walls_static": True, "clipped": clipped}
-                create = True
-        writer.finalize(np.asarray(source.actions), None if source.locations is None else np.asarray(source.locations),
-                        {"value_max": state["value_max"], "source_dtype": str(source.states.dtype),
-                         "walls_static": state["walls_static"], "clipped_outliers": state.get("clipped", 0),
-                         "pack": {"options": options, "source": source.fingerprint()}})
+                state = _new_state(source, cfg, options, progress, rescan=True, limit=state["limit"])
+            except BaseException:
+                builder.close()
+                raise
         (partial / PROGRESS_FILE).unlink(missing_ok=True)
     except JepaFastError:
         shutil.rmtree(partial, ignore_errors=True)
@@ -229,75 +164,72 @@ def _pack_split_locked(source: Source, dst: Path, cfg: PackConfig, k: int, optio
     return _summary(dst, source, k, time.perf_counter() - t0)
 
 
-def _block_len(source: Source, k: int) -> int:
-    """Trajectories per read block: a multiple of k, ~16 MiB of source bytes."""
-    row = int(np.prod(source.states.shape[1:])) * source.states.dtype.itemsize
-    return k * max(1, round((16 << 20) / (k * row)))
+def _new_state(source: EpisodeSource, cfg: PackConfig, options: dict, progress: bool, rescan: bool,
+               limit: list | None = None) -> dict:
+    """The quantisation scale (sampled, or exact after a rescan) and a fresh progress record."""
+    if limit is None:
+        sample_max, lim = scan.sample_stats(source)
+    else:
+        lim = np.array([np.inf if v is None else v for v in limit])
+    clipped = 0
+    if not rescan and cfg.scale == "sample" and not cfg.clip_outliers and (sample_max <= lim).all():
+        value_max, headroom = sample_max, SCALE_HEADROOM
+    else:  # the exact range, outliers found (and refused, or counted for clipping)
+        value_max, clipped = scan.full_scan(source, progress, lim, cfg.clip_outliers)
+        headroom = 1.0
+    return {"scale": scale_for(value_max, source.dtype, headroom).tolist(), "options": options,
+            "source": source.fingerprint(), "clipped": clipped, "builder": None,
+            "limit": [float(v) if np.isfinite(v) else None for v in lim]}
 
 
-def _source_attrs(source: Source) -> dict:
-    meta = {}
-    for p in (source.path / "dataset.json", source.path.parent / "dataset.json",
-              source.path.parent.parent / "dataset.json"):
-        if p.exists():
-            try:
-                meta = json.loads(p.read_text())
-            except ValueError:
-                meta = {}
-            break
-    return {"source": {"path": str(source.path.resolve()), "generator": meta.get("format", "unknown"),
-                       "seed": meta.get("seed")}}
+def _builder(source: EpisodeSource, partial: Path, cfg: PackConfig, L: int, k: int, state: dict) -> StoreBuilder:
+    limit = np.array([np.inf if v is None else v for v in state["limit"]]) if cfg.clip_outliers else None
+
+    def saved(b: dict) -> None:
+        state["builder"] = b
+        _save_progress(partial, state)
+
+    return StoreBuilder(partial, frame_shape=source.frame_shape, action_size=source.action_size, row_frames=L,
+                        rows_per_shard=k, codec=ChunkCodec(cfg.codec, cfg.zstd_level), scale=np.array(state["scale"]),
+                        dtype=source.dtype, where=source.where, target_names=source.target_names,
+                        clip_limit=limit, workers=cfg.workers, state=state["builder"], on_progress=saved)
 
 
-def _pack_states(source: Source, writer: StoreWriter, state: dict, workers: int, progress: bool) -> None:
-    N, T = source.states.shape[:2]
-    block = _block_len(source, writer.k)
-    bar = frame_bar(N * T, progress, "pack")
-    bar.update(state["done"] * T)
-    scale = np.asarray(state["scale"])
-    limit = np.array([np.inf if v is None else v for v in state["limit"]]) if writer.clip else None
-    value_max = np.asarray(state["value_max"], dtype=np.float64)
-    guard = threading.Lock()  # value_max and walls_static are updated from the worker threads
+def _feed(source: EpisodeSource, b: StoreBuilder, progress: bool) -> None:
+    """Every episode from the builder's resume point on, in blocks; fixed-length .npy episodes that fill whole
+    shards are read straight into the shard's buffer (no copy)."""
+    e, skip = b.resume_point
+    bar = frame_bar(source.frames, progress, "pack")
+    bar.update(int(source.lengths[:e].sum()) + skip)
+    T = source.fixed_length
+    direct = (T == b.L and isinstance(source, NpySource) and not source.flat and not source.channels_last
+              and len(source.shape) == 5)
+    try:
+        while e < source.episodes:
+            if direct and not skip and b.at_shard_start:
+                m = min(b.k, source.episodes - e)
+                _, actions, targets = source.read(e, e + m, out=b.staging_view())
+                b.commit([T] * m, actions, targets)
+                e += m
+                bar.update(m * T)
+                continue
+            e1 = next(scan.episode_blocks(source, e))[1]
+            x, actions, targets = source.read(e, e1)
+            a = 0
+            for j in range(e1 - e):
+                n = int(source.lengths[e + j])
+                b.add_episode(x[a:a + n], actions[j], None if targets is None else targets[j])
+                a += n
+            bar.update(a - skip)
+            skip, e = 0, e1
+    except BadValue as err:
+        raise JepaFastError(b._locate(err)) from None
+    finally:
+        bar.close()
 
-    def work(a: int, x: np.ndarray) -> None:
-        mx = _check_block(source.path, x, a, scale, limit)
-        static = writer.write_block(a, x)
-        with guard:
-            np.maximum(value_max, mx, out=value_max)
-            if not static:
-                state["walls_static"] = False
 
-    pending: deque[tuple[int, Future, np.ndarray]] = deque()
-    # a fixed pool of read buffers (no page faults on fresh memory per block); bounded memory
-    free = [np.empty((block,) + source.states.shape[1:], source.states.dtype) for _ in range(2 * workers + 1)]
-    with open(source.path / "states.npy", "rb", buffering=0) as fh, ThreadPoolExecutor(workers) as pool:
-        try:
-            for a in range(state["done"], N, block):
-                b = min(N, a + block)
-                buf = free.pop()
-                x = read_block(fh, source, a, b, buf)
-                pending.append((b, pool.submit(work, a, x), buf))
-                while len(pending) > 2 * workers:
-                    done, fut, used = pending.popleft()
-                    fut.result()
-                    free.append(used)
-                    bar.update((done - state["done"]) * T)
-                    state["done"] = done
-                    state["value_max"] = value_max.tolist()
-                    state.update(writer.progress())  # all-empty shards and the CRCs of those written so far
-                    _save_progress(writer.path, state)  # tiny file, no fsync: cheap at every block
-            while pending:
-                done, fut, _ = pending.popleft()
-                fut.result()
-                bar.update((done - state["done"]) * T)
-                state["done"] = done
-        finally:
-            for _, fut, _ in pending:
-                fut.cancel()
-            bar.close()
-    state["value_max"] = value_max.tolist()
-    state.update(writer.progress())
-    _save_progress(writer.path, state)
+def _flips_dict(source: EpisodeSource) -> dict:
+    return {k: {"negate": list(r.negate), "mirror": [list(m) for m in r.mirror]} for k, r in source.flips.items()}
 
 
 def _save_progress(partial: Path, state: dict) -> None:
@@ -307,14 +239,18 @@ def _save_progress(partial: Path, state: dict) -> None:
     os.replace(tmp, partial / PROGRESS_FILE)
 
 
-def _progress_done(partial: Path) -> str:
+def _progress_done(partial: Path, source: EpisodeSource) -> str:
+    """'F of N frames' written by the interrupted pack in ``partial``."""
     try:
-        return f"{int(json.loads((partial / PROGRESS_FILE).read_text())['done']):,}"
+        state = json.loads((partial / PROGRESS_FILE).read_text())
+        opts = state["options"]
+        done = int(state["builder"]["shards_done"]) * int(opts["k"]) * int(opts["row_frames"])
     except (ValueError, KeyError, TypeError, OSError):
-        return "?"
+        done = 0
+    return f"{min(done, source.frames):,} of {source.frames:,} frames"
 
 
-def _load_progress(partial: Path, source: Source, options: dict) -> dict | None:
+def _load_progress(partial: Path, source: EpisodeSource, options: dict) -> dict | None:
     f = partial / PROGRESS_FILE
     if not f.exists():
         return None
@@ -322,32 +258,36 @@ def _load_progress(partial: Path, source: Source, options: dict) -> dict | None:
         state = json.loads(f.read_text())
     except ValueError:
         return None
-    if state.get("options") != options or state.get("source") != source.fingerprint():
+    if state.get("options") != options or state.get("source") != source.fingerprint() or not state.get("builder"):
         return None
     return state
 
 
+# ---------------------------------------------------------------------------------------------
+# packing a dataset root
+
+
 def pack_path(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bool = False, resume: bool = False,
-              progress: bool = True) -> list[dict]:
-    """Pack one split folder, or a dataset root with all its splits (dst/<split>.zarr each).
+              progress: bool = True, channels: str = "auto", keys: dict | None = None) -> list[dict]:
+    """Pack one source (a split folder or an HDF5 file), or a dataset root with all its splits (dst/<split>.zarr).
 
     A root packs into ``<dst>.partial`` and appears at ``dst`` only when every split is packed: a bad
     split leaves nothing new behind, and a killed pack leaves a whole that ``--resume`` continues split
-    by split (finished splits are kept, the interrupted one resumes after its last complete block).
+    by split (finished splits are kept, the interrupted one resumes after its last complete shard).
     """
     src, dst = Path(src), Path(dst)
-    if (src / "states.npy").exists() or (src / "actions.npy").exists():
-        return [pack_split(src, dst, cfg, overwrite, resume, progress)]
+    if src.is_file() or (src / "states.npy").exists() or (src / "actions.npy").exists():
+        return [pack_split(src, dst, cfg, overwrite, resume, progress, channels, keys)]
     if not src.is_dir():
-        raise JepaFastError(f"{src}: no such folder")
+        raise JepaFastError(f"{src}: no such folder or file")
     splits = find_splits(src)
     if not splits:
-        raise JepaFastError(f"{src}: no split folders (folders with states.npy) found; "
-                            "point at a split or a dataset root")
+        raise JepaFastError(f"{src}: no splits found (folders with states.npy, or HDF5 files); point at a split, an "
+                            "HDF5 file or a dataset root")
     if dst.suffix == ".zarr":
         raise JepaFastError(f"{dst}: a dataset root packs into a folder of <split>.zarr stores; drop the .zarr suffix")
-    for s in splits:
-        open_source(src / s)  # validate every split before writing any
+    for path in splits.values():
+        open_episodes(path, channels, keys)  # validate every split before writing any
     partial = dst.with_name(dst.name + ".partial")
     atomic.check_apart(dst, {"source": src}, "packed dataset folder")
     with lock.exclusive(dst, "packed dataset folder"):
@@ -360,10 +300,10 @@ def pack_path(src: Path, dst: Path, cfg: PackConfig | None = None, overwrite: bo
             shutil.rmtree(partial)
         out = []
         try:
-            for s in splits:
+            for s, path in splits.items():
                 print(f"packing {s}")
                 # inside the root's own partial folder: a store that does not match is simply redone
-                out.append(pack_split(src / s, partial / f"{s}.zarr", cfg, True, resume, progress))
+                out.append(pack_split(path, partial / f"{s}.zarr", cfg, True, resume, progress, channels, keys))
             if (src / "dataset.json").exists():
                 atomic.atomic_write_bytes(partial / "dataset.json", (src / "dataset.json").read_bytes())
         except JepaFastError:

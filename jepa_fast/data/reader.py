@@ -1,10 +1,11 @@
-"""The store reader: random access to a packed split by trajectory index, and the in-RAM split.
+"""The store reader: random access to a packed split's rows of frames, its small arrays, and its checks.
 
 ``StoreReader`` parses every shard's index once and then reads chunk bytes by offset (``os.pread``,
 or from one in-RAM buffer), never through zarr's per-chunk machinery (~100x slower for random
-access). ``SplitData`` is a split opened for loading: compressed chunks in RAM plus the decoded small
-arrays; both loaders (torch and DALI) and the prober read through it. The reader knows nothing of
-sampling or augmentation: the loaders apply a plan's flips (``batch.py``).
+access). A chunk is one row of ``L`` frames (schema 4; in schemas 1-3, one fixed-length trajectory, which
+the reader presents the same way: a row per trajectory, one episode per row). Small arrays come out flat
+and per frame: ``actions`` (F, A), ``targets`` (F, K), ``episode_starts`` (E + 1,). ``spec()`` describes the
+data (``jepa_fast.spec``). Windows for training and probing are ``split.SplitData``'s job.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from jepa_fast.data.schema import (
     INTEGRITY_FIELDS,
     MAX_U64,
     READABLE_VERSIONS,
-    SCHEMA_VERSION,
     ChunkChecksumError,
     ChunkCodec,
     array_crc,
@@ -31,8 +31,10 @@ from jepa_fast.data.schema import (
     integrity_digest,
     shard_path,
 )
+from jepa_fast.data.source import regular_file
 from jepa_fast.errors import JepaFastError
 from jepa_fast.progress import frame_bar
+from jepa_fast.spec import DataSpec, two_rooms_flips
 
 log = logging.getLogger(__name__)
 _NOTED: set[str] = set()  # stores whose old-schema note was already printed
@@ -44,9 +46,8 @@ def store_nbytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-
 class StoreReader:
-    """Random access to a packed split by trajectory index, reading chunk bytes by offset.
+    """Random access to a packed split by row (a chunk of ``L`` frames), reading chunk bytes by offset.
 
     ``load_to_ram()`` reads every shard into one contiguous buffer (the compressed store is ~50x
     smaller than uint8 frames); otherwise chunks are read with ``os.pread`` on demand.
@@ -73,20 +74,20 @@ class StoreReader:
             raise JepaFastError(f"{self.path}: schema version {version}, this jepa-fast reads versions "
                                 f"{', '.join(map(str, READABLE_VERSIONS))}; re-pack it with this jepa-fast")
         self.version = version
-        if version < SCHEMA_VERSION and str(self.path) not in _NOTED:
+        if version < 3 and str(self.path) not in _NOTED:
             _NOTED.add(str(self.path))
             log.warning("%s: schema version %s store: %s; re-pack it to upgrade", self.path, version, _CANNOT[version])
         if not attrs.get("complete"):
             raise JepaFastError(f"{self.path}: incomplete store (an interrupted pack?); re-run jepa-fast pack")
         names = set(group.array_keys())
-        for need in ("states", "actions"):
+        for need in ("states", "actions") + (("episode_starts",) if version >= 4 else ()):
             if need not in names:
                 raise JepaFastError(f"{self.path}: array {need!r} is missing; re-pack the split")
-        self.attrs = attrs
+        self.attrs, self._names = attrs, names
         states = group["states"]
         if len(states.shape) != 5:
-            raise JepaFastError(f"{self.path}: states has shape {states.shape}, expected (N, T, C, H, W); re-pack")
-        self.n, self.T, self.C, self.H, self.W = states.shape
+            raise JepaFastError(f"{self.path}: states has shape {states.shape}, expected (rows, L, C, H, W); re-pack")
+        self.rows, self.L, self.C, self.H, self.W = states.shape
         meta = states.metadata.to_dict()
         try:
             sharding = meta["codecs"][0]["configuration"]
@@ -94,9 +95,9 @@ class StoreReader:
         except (KeyError, IndexError, TypeError):
             raise JepaFastError(f"{self.path}: states is not sharded as this format writes it; re-pack") from None
         self.codec = ChunkCodec.from_metadata(inner)
-        self.k, self.scale = self._check_attrs(attrs, group, names, shard_rows)
-        self.traj_bytes = self.T * self.C * self.H * self.W
         self._group = group
+        self.k, self.scale = self._check_attrs(attrs, group, names, shard_rows)
+        self.row_bytes = self.L * self.C * self.H * self.W
         self._checked: set[int] = set()  # shards whose content was checked against their position
         self._parse_indices()
         self._blob: np.ndarray | None = None
@@ -106,8 +107,13 @@ class StoreReader:
         def bad(field: str, why: str) -> JepaFastError:
             return JepaFastError(f"{self.path}: attrs {field} {why}; the store's metadata is damaged, re-pack it")
 
-        for field, want in (("n", self.n), ("seq_len", self.T), ("channels", self.C), ("image_size", self.H),
-                            ("trajectories_per_shard", shard_rows)):
+        if self.version >= 4:
+            fields = (("rows", self.rows), ("row_frames", self.L), ("channels", self.C), ("height", self.H),
+                      ("width", self.W), ("rows_per_shard", shard_rows))
+        else:
+            fields = (("n", self.rows), ("seq_len", self.L), ("channels", self.C), ("image_size", self.H),
+                      ("trajectories_per_shard", shard_rows))
+        for field, want in fields:
             if attrs.get(field) != want:
                 raise bad(field, f"= {attrs.get(field)!r} but the states array says {want}")
         scale = attrs.get("scale")
@@ -115,11 +121,18 @@ class StoreReader:
                 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in scale)
                 or not all(math.isfinite(v) and v > 0 for v in scale)):
             raise bad("scale", f"= {scale!r} is not {self.C} positive numbers")
-        shapes = {"actions": (self.n, self.T - 1, 2), "locations": (self.n, self.T, 2)}
+        if self.version >= 4:
+            F, A = attrs.get("frames"), attrs.get("action_size")
+            if not isinstance(F, int) or not 0 < F <= self.rows * self.L:
+                raise bad("frames", f"= {F!r} does not fit {self.rows} rows of {self.L} frames")
+            shapes = {"actions": (F, A), "targets": (F, len(attrs.get("target_names") or [])),
+                      "episode_starts": (attrs.get("episodes", -1) + 1,)}
+        else:
+            shapes = {"actions": (self.rows, self.L - 1, 2), "locations": (self.rows, self.L, 2)}
         for name, want in shapes.items():
             if name in names and tuple(group[name].shape) != want:
                 raise JepaFastError(f"{self.path}: {name} has shape {tuple(group[name].shape)}, expected {want} "
-                                    "from states; re-pack the split")
+                                    "from the attrs; re-pack the split")
         absent = attrs.get("absent_shards", [])
         if self.version >= 2 and not isinstance(absent, list):
             raise bad("absent_shards", f"= {absent!r} is not a list")
@@ -128,15 +141,15 @@ class StoreReader:
         return shard_rows, np.asarray(scale, dtype=np.float64)
 
     def _check_integrity(self, attrs: dict, k: int, bad) -> dict:
-        """Schema 3: the value-bearing attrs and the per-shard/array CRCs must match their digest."""
+        """Schemas 3-4: the value-bearing attrs and the per-shard/array CRCs must match their digest."""
         integ = attrs.get("integrity")
-        n_shards = -(-self.n // k)
+        n_shards = -(-self.rows // k)
         if (not isinstance(integ, dict) or not isinstance(integ.get("shards"), list)
                 or len(integ["shards"]) != n_shards or not isinstance(integ.get("arrays"), dict)):
             raise bad("integrity", "is missing or malformed")
-        if integrity_digest(attrs, integ["shards"], integ["arrays"]) != integ.get("digest"):
-            raise bad("values", "(n, seq_len, scale, absent_shards, ...) do not match their checksum: the metadata was "
-                      "edited or damaged")
+        if integrity_digest(attrs, integ["shards"], integ["arrays"], self.version) != integ.get("digest"):
+            raise bad("values", "(frames, episodes, scale, absent_shards, ...) do not match their checksum: the "
+                      "metadata was edited or damaged")
         for s, c in enumerate(integ["shards"]):
             if (c is None) != (s in self._absent):
                 raise bad("absent_shards", f"disagree with the shard checksums at shard {s}")
@@ -146,20 +159,24 @@ class StoreReader:
     def _parse_indices(self) -> None:
         import google_crc32c
 
-        n_shards = -(-self.n // self.k)
-        self.chunk_shard = np.repeat(np.arange(n_shards), self.k)[: self.n]
-        self.chunk_offset = np.zeros(self.n, dtype=np.int64)  # within its shard file
-        self.chunk_nbytes = np.zeros(self.n, dtype=np.int64)  # 0 = empty chunk (all zero)
+        n_shards = -(-self.rows // self.k)
+        self.chunk_shard = np.repeat(np.arange(n_shards), self.k)[: self.rows]
+        self.chunk_offset = np.zeros(self.rows, dtype=np.int64)  # within its shard file
+        self.chunk_nbytes = np.zeros(self.rows, dtype=np.int64)  # 0 = empty chunk (all zero)
         self.shard_size = np.zeros(n_shards, dtype=np.int64)
         tail = self.k * 16 + 4
         for s in range(n_shards):
             p = shard_path(self.path, s)
+            lo, hi = s * self.k, min(self.rows, (s + 1) * self.k)
             if not p.exists():
                 if self._absent is None or s in self._absent:  # all-empty shard (schema 1 cannot tell)
                     continue
-                lo, hi = s * self.k, min(self.n, (s + 1) * self.k)
-                raise JepaFastError(f"{p}: shard {s} (trajectories {lo}-{hi - 1}) is missing; the store is damaged: "
+                raise JepaFastError(f"{p}: shard {s} (rows {lo}-{hi - 1}) is missing; the store is damaged: "
                                     "re-pack the split (jepa-fast pack SRC DST --overwrite)")
+            try:
+                regular_file(p)
+            except JepaFastError:
+                raise JepaFastError(f"{p}: shard {s} is not a regular file; re-pack the split") from None
             size = p.stat().st_size
             if size < tail:
                 raise JepaFastError(f"{p}: shard {s} is truncated ({size} bytes); re-pack the split")
@@ -169,7 +186,6 @@ class StoreReader:
             if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
                 raise JepaFastError(f"{p}: shard {s} index fails its CRC32C check (corrupt file); re-pack the split")
             idx = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.k, 2)
-            lo, hi = s * self.k, min(self.n, (s + 1) * self.k)
             m = hi - lo
             present = idx[:m, 0] != MAX_U64
             off = np.where(present, idx[:m, 0], 0).astype(np.int64)
@@ -198,14 +214,14 @@ class StoreReader:
         return self._blob is not None
 
     def load_to_ram(self) -> None:
-        """Read every stored chunk into one contiguous buffer (compressed), ordered by trajectory, checking
-        each shard file's CRC32C against its position (schema 3) or each chunk's (schema 2) as it enters RAM."""
+        """Read every stored chunk into one contiguous buffer (compressed), ordered by row, checking each
+        shard file's CRC32C against its position (schemas 3-4) or each chunk's (schema 2) as it enters RAM."""
         if self._blob is not None:
             return
         starts = np.concatenate([[0], np.cumsum(self.chunk_nbytes)[:-1]]).astype(np.int64)
         blob = np.empty(int(self.chunk_nbytes.sum()), dtype=np.uint8)
         for s in np.nonzero(self.shard_size)[0]:
-            lo, hi = s * self.k, min(self.n, (s + 1) * self.k)
+            lo, hi = s * self.k, min(self.rows, (s + 1) * self.k)
             data = self._shard_bytes(int(s))
             for i in range(lo, hi):
                 nb = self.chunk_nbytes[i]
@@ -219,16 +235,16 @@ class StoreReader:
         self.chunk_global = starts
 
     def _shard_bytes(self, s: int) -> bytes:
-        """A shard file's bytes; in schema 3 checked against the CRC32C recorded for position s."""
+        """A shard file's bytes; in schemas 3-4 checked against the CRC32C recorded for position s."""
         p = shard_path(self.path, s)
         data = p.read_bytes()
         if self._integrity is not None:
             if crc32c(data) != self._integrity["shards"][s]:
-                lo, hi = s * self.k, min(self.n, (s + 1) * self.k)
+                lo, hi = s * self.k, min(self.rows, (s + 1) * self.k)
                 for i in range(lo, hi):  # a damaged chunk is named by its own CRC; else the file is not this shard
                     if self.chunk_nbytes[i]:
                         self._check(i, np.frombuffer(data, np.uint8, self.chunk_nbytes[i], self.chunk_offset[i]))
-                raise JepaFastError(f"{p}: holds other bytes than were written as shard {s} (trajectories "
+                raise JepaFastError(f"{p}: holds other bytes than were written as shard {s} (rows "
                                     f"{lo}-{hi - 1}): a swapped, replaced or damaged file; re-pack the split")
             self._checked.add(s)
         return data
@@ -237,12 +253,13 @@ class StoreReader:
         try:
             return self.codec.payload(chunk)
         except ChunkChecksumError:
-            raise JepaFastError(f"{shard_path(self.path, int(self.chunk_shard[i]))}: the chunk of trajectory {i} "
+            what = f"row {i}" if self.version >= 4 else f"trajectory {i}"
+            raise JepaFastError(f"{shard_path(self.path, int(self.chunk_shard[i]))}: the chunk of {what} "
                                 f"(shard {int(self.chunk_shard[i])}) fails its CRC32C check; the store is corrupt, "
                                 "re-pack the split") from None
 
     def chunk(self, i: int) -> memoryview | None:
-        """Stored bytes of trajectory i's chunk (codec framing included), or None if the chunk is empty."""
+        """Stored bytes of row i's chunk (codec framing included), or None if the chunk is empty."""
         nb = int(self.chunk_nbytes[i])
         if nb == 0:
             return None
@@ -259,9 +276,9 @@ class StoreReader:
             os.close(fd)
 
     def decode(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 frames (T, C, H, W) of trajectory i."""
+        """uint8 frames (L, C, H, W) of row i."""
         if out is None:
-            out = np.empty((self.T, self.C, self.H, self.W), dtype=np.uint8)
+            out = np.empty((self.L, self.C, self.H, self.W), dtype=np.uint8)
         c = self.chunk(i)
         if c is None:
             out[...] = 0
@@ -271,18 +288,61 @@ class StoreReader:
         try:
             self.codec.decompress_into(payload, out)
         except Exception as e:  # numcodecs raises RuntimeError/ValueError on corrupt input
-            raise JepaFastError(f"{self.path}: chunk of trajectory {i} (shard {int(self.chunk_shard[i])}) fails to "
+            raise JepaFastError(f"{self.path}: chunk of row {i} (shard {int(self.chunk_shard[i])}) fails to "
                                 f"decompress ({e}); the store is corrupt, re-pack the split") from None
         return out
 
-    # small arrays -------------------------------------------------------------------------------
-    def actions(self) -> np.ndarray:
-        return self._small("actions")
+    def read_frames(self, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 frames [start, start + n) of the split (n, C, H, W), from the rows they touch."""
+        if out is None:
+            out = np.empty((n, self.C, self.H, self.W), dtype=np.uint8)
+        row, done = None, 0
+        while done < n:
+            r, a = divmod(start + done, self.L)
+            take = min(self.L - a, n - done)
+            if a == 0 and take == self.L:  # a whole row: straight into the output
+                self.decode(r, out[done:done + take])
+            else:
+                row = self.decode(r, row)
+                out[done:done + take] = row[a:a + take]
+            done += take
+        return out
 
-    def locations(self) -> np.ndarray | None:
-        if "locations" not in set(self._group.array_keys()):
+    # small arrays, per frame ----------------------------------------------------------------------
+    @property
+    def frames(self) -> int:
+        return int(self.attrs["frames"]) if self.version >= 4 else self.rows * self.L
+
+    @property
+    def episodes(self) -> int:
+        return int(self.attrs["episodes"]) if self.version >= 4 else self.rows
+
+    def episode_starts(self) -> np.ndarray:
+        """(E + 1,) int64: episode e is frames [starts[e], starts[e + 1])."""
+        if self.version >= 4:
+            starts = self._small("episode_starts").astype(np.int64)
+            if starts[0] != 0 or starts[-1] != self.frames or (np.diff(starts) < 1).any():
+                raise JepaFastError(f"{self.path / 'episode_starts'}: not increasing from 0 to {self.frames}; the "
+                                    "store is damaged, re-pack the split")
+            return starts
+        return np.arange(self.rows + 1, dtype=np.int64) * self.L
+
+    def actions(self) -> np.ndarray:
+        """(F, A) float32: the action taken at each frame (zeros at an episode's last frame)."""
+        a = self._small("actions")
+        if self.version >= 4:
+            return a
+        flat = np.zeros((self.rows, self.L, a.shape[-1]), np.float32)  # (N, T, 2): the last step has no action
+        flat[:, :-1] = a
+        return flat.reshape(-1, a.shape[-1])
+
+    def targets(self) -> np.ndarray | None:
+        """(F, K) float32 per-frame probe targets, or None."""
+        name = "targets" if self.version >= 4 else "locations"
+        if name not in self._names:
             return None
-        return self._small("locations")
+        t = self._small(name)
+        return t if self.version >= 4 else t.reshape(-1, t.shape[-1])
 
     def _small(self, name: str) -> np.ndarray:
         try:
@@ -295,14 +355,29 @@ class StoreReader:
                                 "files); re-pack the split")
         return a
 
+    def spec(self) -> DataSpec:
+        """What the data is (channels, size, actions, targets, statistics, flips): the model's and probe's view."""
+        a = self.attrs
+        stats = a.get("stats") or {}
+        if self.version >= 4:
+            return DataSpec.from_dict({
+                "channels": self.C, "height": self.H, "width": self.W, "action_size": a["action_size"],
+                "channel_names": a.get("channel_names") or [f"c{c}" for c in range(self.C)],
+                "static_channels": a.get("static_channels") or [False] * self.C,
+                "target_names": a.get("target_names") or [], "value_mean": stats.get("value_mean") or [],
+                "value_std": stats.get("value_std") or [], "flips": a.get("flips") or {},
+                "protocol": a.get("protocol", "generic")})
+        return DataSpec(channels=self.C, height=self.H, width=self.W, flips=two_rooms_flips(self.W),
+                        static_channels=(False, bool(a.get("walls_static"))))
+
     def fingerprint(self) -> str:
-        """What identifies this store's content: the integrity digest (schema 3), else a digest of the
+        """What identifies this store's content: the integrity digest (schemas 3-4), else a digest of the
         value-bearing attrs and every shard index."""
         if self._integrity is not None:
             return self._integrity["digest"]
         import hashlib
 
-        h = hashlib.sha256(json.dumps({k: self.attrs.get(k) for k in INTEGRITY_FIELDS}, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps({k: self.attrs.get(k) for k in INTEGRITY_FIELDS[3]}, sort_keys=True).encode())
         h.update(self.chunk_offset.tobytes())
         h.update(self.chunk_nbytes.tobytes())
         return h.hexdigest()
@@ -312,60 +387,14 @@ class StoreReader:
 
         Opening the store already checked the attrs against the arrays, every shard index and that no
         shard is missing."""
-        out = np.empty((self.T, self.C, self.H, self.W), dtype=np.uint8)
-        bar = frame_bar(self.n * self.T, progress, "verify")
-        for i in range(self.n):
+        out = np.empty((self.L, self.C, self.H, self.W), dtype=np.uint8)
+        bar = frame_bar(self.rows * self.L, progress, "verify")
+        for i in range(self.rows):
             self.decode(i, out)
-            bar.update(self.T)
+            bar.update(self.L)
         bar.close()
-        for name, arr in (("actions", self.actions()), ("locations", self.locations())):
+        self.episode_starts()
+        for name, arr in (("actions", self.actions()), ("targets", self.targets())):
             if arr is not None and not np.isfinite(arr).all():
                 raise JepaFastError(f"{self.path}: {name} contain NaN or Inf")
-        return self.n
-
-    def describe(self) -> dict:
-        stored = store_nbytes(self.path)
-        return {"store": str(self.path), "shape": [self.n, self.T, self.C, self.H, self.W],
-                "trajectories_per_shard": self.k, "shards": int(-(-self.n // self.k)), "codec": self.codec.name,
-                "scale": self.scale.tolist(), "value_max": self.attrs.get("value_max"),
-                "source_dtype": self.attrs.get("source_dtype"), "stored_bytes": stored,
-                "ratio_vs_uint8": round(self.n * self.traj_bytes / max(stored, 1), 2),
-                "ratio_vs_float32": round(4 * self.n * self.traj_bytes / max(stored, 1), 2),
-                "stats": self.attrs.get("stats"), "schema_version": self.attrs.get("schema_version")}
-
-
-class SplitData:
-    """A packed split opened for loading: compressed chunks in RAM, actions and locations decoded."""
-
-    def __init__(self, path: Path, in_ram: bool = True):
-        self.path = Path(path)
-        self.reader = StoreReader(self.path)
-        if in_ram:
-            self.reader.load_to_ram()
-        self.actions = self.reader.actions()  # (N, T-1, 2) float32
-        self.locations = self.reader.locations()  # (N, T, 2) float32 or None
-        r = self.reader
-        self.n, self.T, self.C, self.H, self.W = r.n, r.T, r.C, r.H, r.W
-        import torch  # here, not at the top: pack and inspect read stores without needing torch
-
-        self.scale = torch.tensor(r.scale, dtype=torch.float32)  # (C,)
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int, int]:
-        return (self.T, self.C, self.H, self.W)
-
-    def decode_into(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Decode trajectories ``indices`` into out (len(indices), T, C, H, W) uint8."""
-        for j, i in enumerate(indices):
-            self.reader.decode(int(i), out[j])
-        return out
-
-    def first_frames(self, indices: np.ndarray) -> np.ndarray:
-        """The first frame of trajectories ``indices`` in raw value units (uint8 x scale): (len, 1, C, H, W)
-        float32, what the original evaluator hands the model."""
-        out = np.empty((len(indices), 1, self.C, self.H, self.W), dtype=np.float32)
-        buf = np.empty(self.frame_shape, dtype=np.uint8)
-        scale = self.reader.scale.astype(np.float32).reshape(-1, 1, 1)
-        for j, i in enumerate(indices):
-            np.multiply(self.reader.decode(int(i), buf)[0], scale, out=out[j, 0])
-        return out
+        return self.rows

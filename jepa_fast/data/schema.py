@@ -1,40 +1,48 @@
 """The packed store's schema, defined once: format name and version, shard paths, codec, quantisation.
 
-A split is packed into one Zarr v3 group ``<split>.zarr`` that plain zarr-python can open:
+A split is packed into one Zarr v3 group ``<split>.zarr`` that plain zarr-python can open (schema 4):
 
-    states     uint8 (N, T, C, H, W); value = uint8 x attrs["scale"][c]
-               sharded: one shard file (``states/c/<s>/0/0/0/0``) holds k whole trajectories
-               (k chosen so a shard is ~1 MiB raw); inside it every trajectory is its own inner chunk,
-               compressed with ``numcodecs.lz4`` (default) or ``zstd``
-    actions    float32 (N, T-1, 2)
-    locations  float32 (N, T, 2)          (only when the source has them)
-    attrs      format, schema_version, complete, n, seq_len, channels, image_size, scale,
-               value_max, source_dtype, codec, trajectories_per_shard, absent_shards, source, stats,
-               walls_static (channel 1 identical in every frame of every trajectory)
+    states          uint8 (R, L, C, H, W); value = uint8 x attrs["scale"][c]. The split's F frames,
+                    episode after episode, back to back, in R rows of L frames (the last row padded
+                    with zeros). Sharded: one shard file (``states/c/<s>/0/0/0/0``) holds k rows (~1 MiB
+                    raw); inside it every row is its own inner chunk, compressed with ``numcodecs.lz4``
+                    (default) or ``zstd``
+    actions         float32 (F, A): the action taken at frame f (leading to frame f + 1); the last frame
+                    of each episode has none (zeros)
+    targets         float32 (F, K): per-frame probe targets, named by attrs["target_names"] (optional)
+    episode_starts  int64 (E + 1,): episode e is frames [episode_starts[e], episode_starts[e + 1])
+    attrs           format, schema_version, complete, frames, episodes, rows, row_frames, channels,
+                    height, width, action_size, channel_names, static_channels, target_names, scale,
+                    value_max, source_dtype, codec, rows_per_shard, absent_shards, flips, clipped_outliers,
+                    stats, source, pack, integrity
 
-Why one trajectory per inner chunk: it is the unit the loader samples, and with LZ4 the stored bytes of
-an inner chunk are ``<4-byte little-endian size><raw LZ4 block><4-byte CRC32C>`` (numcodecs' framing,
-then zarr's standard ``crc32c`` codec), so bytes [4, nbytes - 4) are exactly the raw block that DALI's
-GPU ``fn.decoders.inflate`` decompresses, while zarr-python and our reader check every chunk's CRC.
-Each shard file ends with zarr's shard index: k x (offset, nbytes) little-endian uint64 (2**64-1 =
-empty chunk) followed by the CRC32C of those bytes. A shard whose chunks are all empty is not written
-(zarr's convention); ``attrs["absent_shards"]`` lists those, so a missing shard file is an error, never
-zeros. actions and locations are zstd + crc32c zarr arrays.
+Rows, not episodes, are the unit of storage, so episodes of any length pack densely and a window of
+``seq_len`` frames touches at most ceil(seq_len / L) + 1 rows. When every episode has the same length
+(the two-rooms data), L is that length and a row is exactly one episode: its chunk is the bytes that
+schemas 1-3 stored for one trajectory.
 
-Schema 3 binds content to position and covers the attrs that change values with a checksum:
-``attrs["integrity"]`` holds the CRC32C of every shard file (by shard index; None for an absent
-shard), the CRC32C of the actions and locations arrays' float32 bytes, and ``digest``, the SHA-256 of
-the value-bearing attrs (n, seq_len, channels, image_size, scale, codec, trajectories_per_shard,
-absent_shards, walls_static) together with those CRCs. So two swapped shard files, a shard deleted and
-listed in ``absent_shards``, or an edited ``scale`` are caught by content, not just a flipped byte; the
-digest is also the store's fingerprint (what a checkpoint records about its training data).
+Why rows as inner chunks: with LZ4 the stored bytes of an inner chunk are ``<4-byte little-endian
+size><raw LZ4 block><4-byte CRC32C>`` (numcodecs' framing, then zarr's standard ``crc32c`` codec), so
+bytes [4, nbytes - 4) are exactly the raw block that DALI's GPU ``fn.decoders.inflate`` decompresses,
+while zarr-python and our reader check every chunk's CRC. Each shard file ends with zarr's shard index:
+k x (offset, nbytes) little-endian uint64 (2**64-1 = empty chunk) followed by the CRC32C of those bytes.
+A shard whose chunks are all empty is not written (zarr's convention); ``attrs["absent_shards"]`` lists
+those, so a missing shard file is an error, never zeros. The small arrays are zstd + crc32c zarr arrays.
 
-Schemas 1 (no CRCs, no absent_shards) and 2 (chunk CRCs, no content binding) are still read, with a
-one-line note saying what they cannot detect.
+Content is bound to position: ``attrs["integrity"]`` holds the CRC32C of every shard file (by shard
+index; None for an absent shard), the CRC32C of each small array's bytes, and ``digest``, the SHA-256 of
+the value-bearing attrs together with those CRCs. So swapped shard files, a shard deleted and listed in
+``absent_shards``, or an edited ``scale`` are caught by content; the digest is also the store's
+fingerprint (what a checkpoint records about its training data).
+
+Older schemas are still read: 3 (fixed-length trajectories (N, T, C, H, W), actions (N, T-1, 2),
+locations (N, T, 2), with integrity), 2 (chunk CRCs, no content binding) and 1 (no CRCs), the last two
+with a one-line note saying what they cannot detect. The reader presents all of them as episodes.
 
 Quantisation of float input: q = floor(x / scale + 0.5) with a per-channel scale >= max / 255, so
 |q * scale - x| <= scale / 2 everywhere (no clipping: a value that would clip makes the packer repack
-with the exact max). uint8 input is stored exactly with scale 1.
+with the exact max, and outliers are refused or clipped on request). uint8 input is stored exactly
+with scale 1.
 
 The writer (``writer.py``), the reader (``reader.py``) and the packer (``pack.py``) build on this file.
 """
@@ -50,14 +58,20 @@ import numpy as np
 from jepa_fast.errors import JepaFastError
 
 FORMAT_NAME = "jepa-fast-zarr"
-SCHEMA_VERSION = 3
-"""3: content bound to position (per-shard and per-array CRCs) and the value-bearing attrs under one digest.
-2: every chunk (and the small arrays) carries a CRC32C, and attrs list the legitimately absent shards.
-1: no checksums. Versions 1 and 2 are still read, with a note."""
-READABLE_VERSIONS = (1, 2, 3)
-INTEGRITY_FIELDS = ("n", "seq_len", "channels", "image_size", "scale", "codec", "trajectories_per_shard",
-                    "absent_shards", "walls_static")
-"""The attrs whose values change what the data means: covered by the integrity digest (schema 3)."""
+SCHEMA_VERSION = 4
+"""4: episodes of any length, frames back to back in rows; any channel count, frame size, action size; named
+per-frame targets. 3: fixed-length (N, T, ...) trajectories with content bound to position. 2: chunk CRCs,
+no content binding. 1: no checksums. Versions 1-3 are still read (1 and 2 with a note)."""
+READABLE_VERSIONS = (1, 2, 3, 4)
+INTEGRITY_FIELDS = {
+    3: ("n", "seq_len", "channels", "image_size", "scale", "codec", "trajectories_per_shard", "absent_shards",
+        "walls_static"),
+    4: ("frames", "episodes", "rows", "row_frames", "channels", "height", "width", "action_size", "scale", "codec",
+        "rows_per_shard", "absent_shards", "static_channels", "target_names", "flips", "protocol"),
+}
+"""The attrs whose values change what the data means, per schema: covered by the integrity digest."""
+SMALL_ARRAYS = {3: ("actions", "locations"), 4: ("actions", "targets", "episode_starts")}
+"""The small arrays whose values the integrity record covers, per schema."""
 MAX_U64 = 2**64 - 1
 """The shard index's marker of an empty (not stored, all-zero) chunk."""
 
@@ -237,16 +251,23 @@ def crc32c(data) -> int:
 
 
 def array_crc(a: np.ndarray) -> int:
-    """CRC32C of a small array's float32 bytes (actions, locations)."""
-    return crc32c(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    """CRC32C of a small array's bytes (float32 for actions/targets/locations, int64 for episode starts),
+    computed block by block (the array may be memory-mapped)."""
+    import google_crc32c
+
+    dtype = np.int64 if np.asarray(a[:0]).dtype.kind in "iu" else np.float32
+    crc = 0
+    for i in range(0, len(a), 1 << 18):
+        crc = google_crc32c.extend(crc, np.ascontiguousarray(a[i:i + (1 << 18)], dtype=dtype).tobytes())
+    return int(crc)
 
 
-def integrity_digest(attrs: dict, shards: list, arrays: dict) -> str:
-    """SHA-256 over the value-bearing attrs and the per-shard and per-array CRCs (schema 3)."""
+def integrity_digest(attrs: dict, shards: list, arrays: dict, version: int = SCHEMA_VERSION) -> str:
+    """SHA-256 over the value-bearing attrs and the per-shard and per-array CRCs (schemas 3 and 4)."""
     import hashlib
     import json
 
-    payload = {**{k: attrs.get(k) for k in INTEGRITY_FIELDS}, "shards": shards, "arrays": arrays}
+    payload = {**{k: attrs.get(k) for k in INTEGRITY_FIELDS[version]}, "shards": shards, "arrays": arrays}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -22,11 +22,12 @@ import numpy as np
 
 from jepa_fast import atomic
 from jepa_fast.config import SPLIT_KIND, SPLITS, DatasetConfig, PackConfig, SimConfig, to_dict
-from jepa_fast.data.schema import ChunkCodec, channel_range, quantize
-from jepa_fast.data.writer import StoreWriter
+from jepa_fast.data.schema import ChunkCodec
+from jepa_fast.data.writer import StoreBuilder
 from jepa_fast.errors import JepaFastError
 from jepa_fast.progress import frame_bar
 from jepa_fast.sim import env, splits
+from jepa_fast.spec import two_rooms_flips
 
 FORMAT_NAME = "two-rooms-npy"
 BLOCK_FRAMES = 4352
@@ -119,44 +120,30 @@ class NpySplitWriter:
 
 
 class ZarrSplitWriter:
-    """Streams one split straight into a packed store (``generate --format zarr``) with the packer's writer.
-
-    Blocks arrive in order; whole shards are quantised and written as soon as they are complete.
-    """
+    """Streams one split straight into a packed store (``generate --format zarr``) with the packer's builder:
+    one row per trajectory, the two-rooms channels, targets, flips and probing protocol."""
 
     def __init__(self, path: Path, n: int, T: int, image_size: int, dtype: str, scale: np.ndarray,
                  attrs: dict, pack: PackConfig):
-        traj_bytes = T * 2 * image_size * image_size
-        self.k = pack.trajectories_per_shard(traj_bytes)
-        self.writer = StoreWriter(path, n, T, 2, image_size, image_size, self.k,
-                                  ChunkCodec(pack.codec, pack.zstd_level), scale, True,
-                                  {**attrs, "source_dtype": dtype})
-        self.pending: list[np.ndarray] = []
-        self.next_start = 0
-        self.actions = np.empty((n, T - 1, 2), np.float32)
-        self.locations = np.empty((n, T, 2), np.float32)
-        self.value_max = np.zeros(2)
-        self.walls_static = True
+        k = min(n, pack.trajectories_per_shard(T * 2 * image_size * image_size))
+        self.attrs, self.size = attrs, image_size
+        self.builder = StoreBuilder(path, frame_shape=(2, image_size, image_size), action_size=2, row_frames=T,
+                                    rows_per_shard=k, codec=ChunkCodec(pack.codec, pack.zstd_level), scale=scale,
+                                    dtype=dtype, where=str(path), target_names=("agent_x", "agent_y"),
+                                    workers=pack.workers)
 
     def write(self, block) -> None:
-        m = len(block.actions)
-        self.actions[block.start:block.start + m] = block.actions
-        self.locations[block.start:block.start + m] = block.locations
-        _, mx, _ = channel_range(block.states)
-        self.value_max = np.maximum(self.value_max, mx)
-        self.pending.append(quantize(block.states, self.writer.scale))
-        q = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        whole = (len(q) // self.k) * self.k
-        if block.start + m == self.writer.n:
-            whole = len(q)
-        if whole:
-            self.walls_static &= self.writer.write_block(self.next_start, q[:whole])
-            self.next_start += whole
-        self.pending = [q[whole:]] if whole < len(q) else []
+        for i in range(len(block.actions)):  # the builder copies: the block's buffer is reused for the next one
+            self.builder.add_episode(block.states[i], block.actions[i], block.locations[i])
 
     def close(self) -> None:
-        self.writer.finalize(self.actions, self.locations, {"value_max": self.value_max.tolist(),
-                                                            "walls_static": self.walls_static})
+        try:
+            flips = {k: {"negate": list(r.negate), "mirror": [list(m) for m in r.mirror]}
+                     for k, r in two_rooms_flips(self.size).items()}
+            self.builder.finish({**self.attrs, "protocol": "two-rooms", "clipped_outliers": 0}, flips=flips,
+                                channel_names=("agent", "walls"))
+        finally:
+            self.builder.close()
 
 
 def generate_dataset(out: Path, ds: DatasetConfig, sim: SimConfig, seed: int = 0, dtype: str = "float32",

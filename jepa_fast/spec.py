@@ -1,0 +1,101 @@
+"""What a dataset is, as the model and the probe need to know it: the ``DataSpec``.
+
+A store describes its frames (channels, size, which channels are static over an episode, their value
+statistics), its actions (size) and its probe targets (names); the trainer builds the model from the
+spec, and every checkpoint records it, so a model can be rebuilt and probed without the data at hand.
+``TWO_ROOMS`` is the spec of the two-rooms data (and of checkpoints written before specs existed).
+
+Flip rules say how a left-right or up-down flip of the frames transforms actions and targets, so that
+augmentation keeps the physics true: ``negate`` lists the action components that change sign (a
+displacement along the flipped axis), ``mirror`` lists (target component, c) pairs that map t -> c - t
+(a position along it). A store without rules cannot be flipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FlipRule:
+    """How one flip (left-right or up-down) transforms actions and targets."""
+
+    negate: tuple[int, ...] = ()
+    """Action components that change sign."""
+    mirror: tuple[tuple[int, float], ...] = ()
+    """(target component, c): the target maps t -> c - t."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The shape and meaning of a dataset's frames, actions and targets."""
+
+    channels: int = 2
+    height: int = 65
+    width: int = 65
+    action_size: int = 2
+    channel_names: tuple[str, ...] = ("agent", "walls")
+    static_channels: tuple[bool, ...] = (False, True)
+    """Channels identical in every frame of every episode (two-rooms: the walls): encoded once per window."""
+    target_names: tuple[str, ...] = ("agent_x", "agent_y")
+    """Per-frame probe targets (none: an empty tuple)."""
+    value_mean: tuple[float, ...] = ()
+    """Per-channel mean of the frames in raw value units (the store's statistics; empty: unknown)."""
+    value_std: tuple[float, ...] = ()
+    """Per-channel standard deviation of the frames in raw value units."""
+    flips: dict[str, FlipRule] = field(default_factory=dict)
+    """'lr' and/or 'ud' -> FlipRule; a flip without a rule is not allowed on this data."""
+    protocol: str = "two-rooms"
+    """'two-rooms': the course project's data, probed with its original protocol and constants;
+    'generic': anything else (targets normalised with the probe-train split's statistics)."""
+
+    def __post_init__(self) -> None:
+        from jepa_fast.errors import JepaFastError
+
+        C = self.channels
+        if not 1 <= C <= 4:
+            raise JepaFastError(f"data spec: {C} channels; frames need 1 to 4 channels (C in (..., C, H, W))")
+        for name in ("channel_names", "static_channels"):
+            if len(getattr(self, name)) != C:
+                raise JepaFastError(f"data spec: {name} has {len(getattr(self, name))} entries for {C} channels")
+        for name in ("value_mean", "value_std"):
+            if getattr(self, name) and len(getattr(self, name)) != C:
+                raise JepaFastError(f"data spec: {name} has {len(getattr(self, name))} entries for {C} channels")
+        if self.action_size < 1:
+            raise JepaFastError(f"data spec: action size {self.action_size}; actions need >= 1 component")
+        if self.protocol not in ("two-rooms", "generic"):
+            raise JepaFastError(f"data spec: protocol {self.protocol!r}: two-rooms or generic")
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["flips"] = {k: {"negate": list(r.negate), "mirror": [list(m) for m in r.mirror]}
+                      for k, r in self.flips.items()}
+        return d
+
+    @staticmethod
+    def from_dict(d: dict | None) -> DataSpec:
+        """The spec of its ``to_dict`` form; None (a checkpoint from before specs) is the two-rooms spec."""
+        if d is None:
+            return TWO_ROOMS
+        d = dict(d)
+        flips = {k: FlipRule(tuple(r.get("negate", ())), tuple((int(c), float(v)) for c, v in r.get("mirror", ())))
+                 for k, r in (d.pop("flips", None) or {}).items()}
+        known = {f.name for f in dataclasses.fields(DataSpec)}
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
+        return DataSpec(**kw, flips=flips)
+
+
+def two_rooms_flips(size: int) -> dict[str, FlipRule]:
+    """Two-rooms: a flip negates the action component along its axis and mirrors the location about it."""
+    return {"lr": FlipRule(negate=(0,), mirror=((0, float(size - 1)),)),
+            "ud": FlipRule(negate=(1,), mirror=((1, float(size - 1)),))}
+
+
+TWO_ROOMS = DataSpec(flips=two_rooms_flips(65))
+"""The course project's data: agent and walls channels (the walls static), 65x65, (dx, dy) actions, the
+agent's (x, y) as targets, flips that keep the physics true."""
