@@ -93,7 +93,7 @@ def reference_loop(split: Path, batch: int, warmup: int, steps: int, window: int
                    T: int) -> Timing:
     """The reference project's training loop, as its users run it, timed window by window after warm-up."""
     torch.manual_seed(0)
-    model = JEPA(model_preset("reference", static_walls=False)).to(device)
+    model = JEPA(model_preset("reference", static_once=False)).to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=1e-4)
     total = warmup + steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, total, 0, 0.1))

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from jepa_fast import atomic, lock
-from jepa_fast.config import flat_config
+from jepa_fast.config import flat_config, run_config_from_dict, to_dict
 from jepa_fast.errors import JepaFastError
+from jepa_fast.spec import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +276,9 @@ def recover(run: Path) -> None:
         pass
 
 
-def load_model_weights(path: Path) -> tuple[dict, dict]:
-    """(model state dict, run config dict) of a checkpoint folder, or of a run folder's latest checkpoint."""
+def load_model_weights(path: Path) -> tuple[dict, dict, DataSpec]:
+    """(model state dict, run config dict, data spec) of a checkpoint folder, or of a run folder's latest
+    checkpoint. Checkpoints written before data specs hold the two-rooms model."""
     path = Path(path)
     if path.is_dir() and not (path / "state.pt").exists():
         recover(path)
@@ -288,7 +290,7 @@ def load_model_weights(path: Path) -> tuple[dict, dict]:
             raise JepaFastError(f"{path}: no checkpoint found (expected {ckpt_dir(path)}/step_*/state.pt)")
         path = found
     state, _ = load(path if path.is_dir() else path.parent, 0)
-    return state["model"], state["config"]
+    return state["model"], state["config"], DataSpec.from_dict(state.get("spec"))
 
 
 RESUME_MAY_CHANGE = {"preset", "train.log_every", "train.save_every", "train.keep_checkpoints", "train.compile",
@@ -299,7 +301,7 @@ RESUME_MAY_CHANGE = {"preset", "train.log_every", "train.save_every", "train.kee
 def check_unchanged(saved: dict, now: dict, where: Path) -> None:
     """Refuse to resume with changed settings: the checkpoint's schedule, data order and model would not
     be what config.json then claims."""
-    a, b = flat_config(saved), flat_config(now)
+    a, b = flat_config(to_dict(run_config_from_dict(saved))), flat_config(now)  # older names and defaults filled in
     changed = [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b))
                if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
     if changed:

@@ -116,7 +116,7 @@ def run_demo(out: Path, seed: int = 0, fresh: bool = False, overwrite: bool = Fa
     else:
         print(f"[3/4] train: reusing {ckpt.latest(run_dir)}")
 
-    from jepa_fast.probe import format_table, run_probe
+    from jepa_fast.probe_report import format_table, run_probe
 
     print("[4/4] probe: the course project's protocol on probe_normal, probe_wall, wall_other, expert")
     res = run_probe(run_dir, packed, run_dir / "probe", overwrite=True)
@@ -129,7 +129,7 @@ def run_demo(out: Path, seed: int = 0, fresh: bool = False, overwrite: bool = Fa
     d = load_split(raw / "train")
     trajectory_grid(np.asarray(d["states"][:4]), np.asarray(d["locations"][:4]), out / "sample_train.png")
     print()
-    print(format_table(res["losses"]))
+    print(format_table(res))
     full = dataset_preset("full")
     frames = full.sizes["train"] * full.seq_len
     print(f"\n(The reference numbers come from 15 epochs over {frames / 1e6:.1f}M frames on a GPU; this demo "

@@ -1,12 +1,15 @@
 """The JEPA world model: encoder, action embedding, GRU predictor, projectors, rollout.
 
-Shapes: B batch, T frames, C = 2 channels (agent, walls), H = W = 64 or 65, D latent size, A = 2
-action size. The ``reference`` preset reproduces the public course project exactly (477,664
+Shapes: B batch, T frames, C channels, H x W frames, D latent size, A action size. The data's
+``DataSpec`` (``jepa_fast.spec``) sets C, A, which channels are static over an episode and the input
+statistics; the encoder has one CNN branch per channel group: the dynamic channels together, the static
+ones together (encoded once per window). For the two-rooms data that is the course project's encoder
+exactly, one branch for the agent and one for the walls: the ``reference`` preset reproduces it (477,664
 trainable parameters); ``ours`` has the same parameters and a residual predictor, trained by rollout
 (see ``config.ModelConfig`` and the run presets).
 
 Interface of the original evaluator: ``model(states, actions)`` with states (B, 1, C, H, W) in the
-raw value units of the .npy files and actions (B, T-1, 2) returns the predicted embeddings
+raw value units of the .npy files and actions (B, T-1, A) returns the predicted embeddings
 (B, T, D) for t = 0..T-1 by autoregressive rollout; ``model.repr_dim`` is D. Training calls
 ``encode_stored`` (the one path from stored frames to latents, which ``forward`` also takes) and
 ``predict_for_training`` (teacher forcing or rollout, plus the projections the loss needs).
@@ -21,13 +24,14 @@ import torch.nn as nn
 
 from jepa_fast.config import ModelConfig
 from jepa_fast.errors import JepaFastError
+from jepa_fast.spec import TWO_ROOMS, DataSpec
 
 # ---------------------------------------------------------------------------------------------
 # Encoder
 
 
 class ConvBranch(nn.Module):
-    """One channel's CNN: n x [Conv3x3 stride 2 + BatchNorm + ReLU], AdaptiveAvgPool(4x4), Linear."""
+    """One channel group's CNN: n x [Conv3x3 stride 2 + BatchNorm + ReLU], AdaptiveAvgPool(4x4), Linear."""
 
     def __init__(self, widths: tuple[int, ...], out_dim: int, in_ch: int = 1):
         super().__init__()
@@ -44,14 +48,32 @@ class ConvBranch(nn.Module):
         return self.fc(self.pool(self.convs(x)).flatten(1))
 
 
-class Encoder(nn.Module):
-    """Separate branches for the agent and the wall channel; their outputs are concatenated (D)."""
+def channel_groups(spec: DataSpec) -> list[tuple[tuple[int, ...], bool]]:
+    """(channels, static) of each encoder branch: the dynamic channels, then the static ones (empty groups left out).
+    Two-rooms: [((0,), False), ((1,), True)], the agent and the walls."""
+    dynamic = tuple(c for c in range(spec.channels) if not spec.static_channels[c])
+    static = tuple(c for c in range(spec.channels) if spec.static_channels[c])
+    return [(g, s) for g, s in ((dynamic, False), (static, True)) if g]
 
-    def __init__(self, cfg: ModelConfig):
+
+class Encoder(nn.Module):
+    """One branch per channel group; their outputs (D split between them) are concatenated."""
+
+    def __init__(self, cfg: ModelConfig, spec: DataSpec):
         super().__init__()
-        half = cfg.repr_dim // 2
-        self.agent = ConvBranch(cfg.encoder_widths, half)
-        self.walls = ConvBranch(cfg.encoder_widths, cfg.repr_dim - half)
+        self.groups = channel_groups(spec)
+        G, D = len(self.groups), cfg.repr_dim
+        sizes = [D // G + (1 if i < D % G else 0) for i in range(G)]
+        self.branches = nn.ModuleList(ConvBranch(cfg.encoder_widths, size, in_ch=len(g))
+                                      for (g, _), size in zip(self.groups, sizes))
+        self._register_load_state_dict_pre_hook(_old_branch_names)
+
+
+def _old_branch_names(state_dict, prefix, *args) -> None:
+    """Checkpoints written before channel groups named the two-rooms branches 'agent' and 'walls'."""
+    for old, new in (("agent.", "branches.0."), ("walls.", "branches.1.")):
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,14 +81,14 @@ class Encoder(nn.Module):
 
 
 class JEPA(nn.Module):
-    def __init__(self, cfg: ModelConfig | None = None):
+    def __init__(self, cfg: ModelConfig | None = None, spec: DataSpec = TWO_ROOMS):
         super().__init__()
         cfg = cfg or ModelConfig()
-        self.cfg = cfg
+        self.cfg, self.spec = cfg, spec
         D = cfg.repr_dim
         self.repr_dim = D
-        self.encoder = Encoder(cfg)
-        self.action_embed = nn.Linear(2, cfg.action_dim)
+        self.encoder = Encoder(cfg, spec)
+        self.action_embed = nn.Linear(spec.action_size, cfg.action_dim)
         self.predictor = nn.GRU(D + cfg.action_dim, cfg.hidden_dim, num_layers=cfg.gru_layers, batch_first=True,
                                 dropout=cfg.gru_dropout if cfg.gru_layers > 1 else 0.0)
         self.predictor_out = nn.Linear(cfg.hidden_dim, D)
@@ -75,8 +97,12 @@ class JEPA(nn.Module):
         self.target_projector = copy.deepcopy(self.projector)
         for p in self.target_projector.parameters():
             p.requires_grad_(False)
-        # raw value units -> roughly [0, 1] per channel (agent peak and wall value are 1/(2 pi sigma^2))
-        self.register_buffer("input_scale", torch.full((2,), cfg.input_scale), persistent=True)
+        # raw value units -> model input, per channel: (x - input_shift) x input_scale
+        shift, scale = input_normalisation(cfg, spec)
+        self.register_buffer("input_scale", torch.tensor(scale, dtype=torch.float32), persistent=True)
+        self.register_buffer("input_shift", torch.tensor(shift, dtype=torch.float32), persistent=True)
+        self.shifted = any(v != 0 for v in shift)  # the two-rooms data has none: no extra op in the step
+        self._register_load_state_dict_pre_hook(_no_shift_before)
 
     # -- the one path from stored frames to latents ---------------------------------------------
     def encode_stored(self, states: torch.Tensor, scale: torch.Tensor, brightness: torch.Tensor | None = None,
@@ -88,37 +114,39 @@ class JEPA(nn.Module):
         units), or raw-unit floats with scale 1. Encoder input = value x brightness[b] (+ noise) x
         input_scale[c], computed in one multiply per channel on the device (inside the compiled step).
         With ``noise``: Gaussian, std noise_std[b] x the channel's full range (255 x scale[c]); fresh per
-        frame for the agent, one image per trajectory for the wall channel, which is static over a
-        trajectory. ``static_walls`` encodes only the first wall frame and broadcasts it over T; with the
-        same noise rule in both paths, encoding it once or T times differs only in BatchNorm's
-        running-variance correction (n/(n-1) over B vs B*T frames; tests/test_model_loss.py).
+        frame for dynamic channels, one image per window for static ones (the walls). ``static_once``
+        encodes only the first frame of the static channels and broadcasts it over T; with the same noise
+        rule in both paths, encoding them once or T times differs only in BatchNorm's running-variance
+        correction (n/(n-1) over B vs B*T frames; tests/test_model_loss.py). Input normalisation, per
+        channel: (value - input_shift) x input_scale (``input_normalisation``).
         """
         B, T = states.shape[:2]
         factor = scale.to(states.device, torch.float32) * self.input_scale  # (C,)
         gain = factor.view(1, 1, -1, 1, 1)
         if brightness is not None:
             gain = gain * brightness.to(torch.float32).view(-1, 1, 1, 1, 1)  # (B or 1, 1, C, 1, 1)
-        static = self.cfg.static_walls and T > 1
-        agent = states[:, :, 0:1] * gain[:, :, 0:1]  # (B, T, 1, H, W): the uint8 cast and scale in one pass
-        walls = (states[:, :1, 1:2] if static else states[:, :, 1:2]) * gain[:, :, 1:2]  # (B, 1 or T, 1, H, W)
         if noise:
             std = noise_std.to(torch.float32).view(-1, 1, 1, 1, 1) * (255 * factor.view(1, 1, -1, 1, 1))
-            agent = agent + std[:, :, 0:1] * torch.randn_like(agent)
-            walls = walls + std[:, :, 1:2] * torch.randn_like(walls[:, :1])  # one image per trajectory
-        a = self.encoder.agent(agent.flatten(0, 1)).view(B, T, -1)  # (B, T, D/2)
-        if static:
-            w = self.encoder.walls(walls[:, 0])  # (B, D/2)
-            w = w[:, None].expand(B, T, w.shape[-1])  # (B, T, D/2)
-        else:
-            w = self.encoder.walls(walls.flatten(0, 1)).view(B, T, -1)  # (B, T, D/2)
-        return torch.cat([a, w], dim=-1)  # (B, T, D)
+        once = self.cfg.static_once and T > 1
+        latents = []
+        for (chans, static), branch in zip(self.encoder.groups, self.encoder.branches):
+            sel = slice(chans[0], chans[-1] + 1) if chans == tuple(range(chans[0], chans[-1] + 1)) else list(chans)
+            frames = states[:, :1, sel] if static and once else states[:, :, sel]  # (B, 1 or T, |g|, H, W)
+            x = frames * gain[:, :, sel]  # the uint8 cast and scale in one pass
+            if self.shifted:
+                x = x - (self.input_shift * self.input_scale)[sel].view(1, 1, -1, 1, 1)
+            if noise:  # fresh per frame; one image per window for static channels
+                x = x + std[:, :, sel] * torch.randn_like(x[:, :1] if static else x)
+            e = branch(x.flatten(0, 1)).view(B, x.shape[1], -1)  # (B, 1 or T, D_g)
+            latents.append(e.expand(B, T, e.shape[-1]))
+        return torch.cat(latents, dim=-1)  # (B, T, D)
 
     # -- training path: teacher forcing --------------------------------------------------------
     def _teacher_predict(self, s: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Latents s (B, T, D), actions (B, T-1, 2) -> [s_0, one-step predictions from the true latents] (B, T, D)."""
+        """Latents s (B, T, D), actions (B, T-1, A) -> [s_0, one-step predictions from the true latents] (B, T, D)."""
         with _fp32(s):
             s = s.float()
-            a = self.action_embed(actions.float())  # (B, T-1, A)
+            a = self.action_embed(actions.float())  # (B, T-1, action_dim)
             out, _ = self.predictor(torch.cat([s[:, :-1], a], dim=-1))  # (B, T-1, hidden)
             pred = self.predictor_out(out)  # (B, T-1, D)
             if self.cfg.residual_predictor:
@@ -133,7 +161,7 @@ class JEPA(nn.Module):
         """
         with _fp32(s0):
             prev = s0.float()
-            a = self.action_embed(actions.float())  # (B, T-1, A)
+            a = self.action_embed(actions.float())  # (B, T-1, action_dim)
             preds, h = [prev], None
             for t in range(a.shape[1]):
                 out, h = self.predictor(torch.cat([prev, a[:, t]], dim=-1).unsqueeze(1), h)  # (B, 1, hidden)
@@ -143,7 +171,7 @@ class JEPA(nn.Module):
             return torch.stack(preds, dim=1)
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The evaluator's call: states (B, 1 or T, C, H, W) raw units, actions (B, T-1, 2) -> (B, T, D).
+        """The evaluator's call: states (B, 1 or T, C, H, W) raw units, actions (B, T-1, A) -> (B, T, D).
 
         Only the first frame is used: the rest is predicted by rollout from it.
         """
@@ -195,16 +223,38 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def training_flops(cfg: ModelConfig, prediction: str, frame_shape: tuple[int, int, int, int]) -> float:
-    """Model FLOPs of one training step (forward + backward) per trajectory of frame_shape (T, C, H, W):
-    counted once on a batch of 2 stored (uint8) trajectories and halved (for MFU)."""
+def training_flops(cfg: ModelConfig, spec: DataSpec, prediction: str, T: int) -> float:
+    """Model FLOPs of one training step (forward + backward) per window of T frames of ``spec``'s data:
+    counted once on a batch of 2 stored (uint8) windows and halved (for MFU)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    T, C, H, W = frame_shape
-    model = JEPA(cfg)
+    C, H, W = spec.frame_shape
+    model = JEPA(cfg, spec)
     states = torch.zeros(2, T, C, H, W, dtype=torch.uint8)
     with FlopCounterMode(display=False) as counter:
         latents = model.encode_stored(states, torch.ones(C))
-        outs = model.predict_for_training(latents, torch.zeros(2, T - 1, 2), prediction)
+        outs = model.predict_for_training(latents, torch.zeros(2, T - 1, spec.action_size), prediction)
         sum(o.float().sum() for o in outs).backward()
     return counter.get_total_flops() / 2
+
+
+def input_normalisation(cfg: ModelConfig, spec: DataSpec) -> tuple[list[float], list[float]]:
+    """(input_shift, input_scale) per channel: model input = (value - shift) x scale.
+
+    'constant' (the two-rooms presets, so the published numbers hold): shift 0, scale ``cfg.input_scale``;
+    'store': the store's per-channel mean and 1 / std; 'auto': constant for the two-rooms data, else store."""
+    mode = cfg.input_norm
+    if mode == "auto":
+        mode = "constant" if spec.protocol == "two-rooms" else "store"
+    if mode == "constant":
+        return [0.0] * spec.channels, [cfg.input_scale] * spec.channels
+    if not spec.value_mean or not spec.value_std:
+        raise JepaFastError("model.input_norm=store: the store records no value statistics (packed by an older "
+                            "version?); re-pack it, or set model.input_norm=constant and model.input_scale")
+    return list(spec.value_mean), [1.0 / s if s > 1e-12 else 1.0 for s in spec.value_std]
+
+
+def _no_shift_before(state_dict, prefix, *args) -> None:
+    """Checkpoints written before input shifts had none: zeros."""
+    if prefix + "input_scale" in state_dict and prefix + "input_shift" not in state_dict:
+        state_dict[prefix + "input_shift"] = torch.zeros_like(state_dict[prefix + "input_scale"])

@@ -30,20 +30,22 @@ from jepa_fast import checkpoint as ckpt
 from jepa_fast.config import ModelConfig, run_preset, to_dict
 from jepa_fast.errors import JepaFastError
 from jepa_fast.model import JEPA, count_parameters
+from jepa_fast.spec import TWO_ROOMS, DataSpec
 
 # ours -> theirs, by prefix; the order only matters for error messages (the first mismatch is named)
 _PREFIXES = [
-    ("encoder.agent.convs.", "encoder.encoder1."),
-    ("encoder.agent.fc.", "encoder.encoder1.14."),
-    ("encoder.walls.convs.", "encoder.encoder2."),
-    ("encoder.walls.fc.", "encoder.encoder2.14."),
+    ("encoder.branches.0.convs.", "encoder.encoder1."),  # the agent channel's branch
+    ("encoder.branches.0.fc.", "encoder.encoder1.14."),
+    ("encoder.branches.1.convs.", "encoder.encoder2."),  # the walls channel's branch (static)
+    ("encoder.branches.1.fc.", "encoder.encoder2.14."),
     ("action_embed.", "action_mlp."),
     ("projector.", "predictor_proj."),
     ("target_projector.", "target_proj."),
     ("predictor.", "rnn."),
     ("predictor_out.", "out."),
 ]
-_FIRST_CONVS = ("encoder.agent.convs.0.weight", "encoder.walls.convs.0.weight")
+_FIRST_CONVS = ("encoder.branches.0.convs.0.weight", "encoder.branches.1.convs.0.weight")
+_BUFFERS = ("input_scale", "input_shift")  # ours only: the file's model takes raw units
 _ARCH_FIELDS = ("encoder_widths", "repr_dim", "action_dim", "hidden_dim", "gru_layers", "proj_dim")
 
 
@@ -62,7 +64,7 @@ def reference_model_config() -> ModelConfig:
 def layout() -> dict[str, tuple[str, torch.Size]]:
     """The file's keys -> (our key, shape), in the order of our state dict."""
     ours = JEPA(reference_model_config()).state_dict()
-    return {_their_name(k): (k, v.shape) for k, v in ours.items() if k != "input_scale"}
+    return {_their_name(k): (k, v.shape) for k, v in ours.items() if k not in _BUFFERS}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -102,19 +104,23 @@ def check_weights(sd: dict[str, torch.Tensor], path: Path) -> None:
 def to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The file's state dict -> ours (input_scale 1: raw units)."""
     out = {ours: sd[theirs].clone() for theirs, (ours, _) in layout().items()}
-    out["input_scale"] = torch.ones(2)
+    out["input_scale"], out["input_shift"] = torch.ones(2), torch.zeros(2)
     return out
 
 
 def to_theirs(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our state dict -> the file's, with our input scale folded into the first convolutions (float32)."""
     scale = ours.get("input_scale", torch.ones(2)).float()
+    shift = ours.get("input_shift", torch.zeros(2)).float()
+    if bool((shift != 0).any()):  # zero padding sees shifted inputs: a shift cannot be folded exactly
+        raise JepaFastError("this model shifts its inputs (model.input_norm=store); the course project's model takes "
+                            "raw frames with no shift, so it cannot be exported to that format")
     out = {}
     for theirs, (key, _) in layout().items():
         v = ours[key].detach().cpu()
         v = v.float() if v.is_floating_point() else v
         if key in _FIRST_CONVS:
-            c = 0 if key.startswith("encoder.agent") else 1
+            c = 0 if key.startswith("encoder.branches.0") else 1
             v = v * scale[c] if float(scale[c]) != 1.0 else v
         out[theirs] = v.contiguous().clone()
     return out
@@ -138,7 +144,11 @@ def import_reference(weights: Path, out: Path, overwrite: bool = False) -> Path:
     return ckpt.latest(out)
 
 
-def check_exportable(model_cfg: dict, where: Path, rollout_differs: bool) -> None:
+def check_exportable(model_cfg: dict, spec: DataSpec, where: Path, rollout_differs: bool) -> None:
+    if (spec.channels, spec.action_size, spec.static_channels) != (2, 2, (False, True)):
+        raise JepaFastError(f"{where}: trained on {spec.channels}-channel frames with {spec.action_size}-d actions; "
+                            "the course project's format holds the two-rooms model only (2 channels, the second "
+                            "static, 2-d actions)")
     ref = reference_model_config()
     for name in _ARCH_FIELDS:
         got, want = model_cfg.get(name), getattr(ref, name)
@@ -155,8 +165,8 @@ def export_reference(run: Path, out: Path, rollout_differs: bool = False, overwr
     """``jepa-fast export-reference``: our checkpoint (or run folder) -> the course project's model_weights.pth."""
     run, out = Path(run), Path(out)
     atomic.check_apart(out, {"checkpoints": run if (run / "state.pt").exists() else ckpt.ckpt_dir(run)}, "export")
-    weights, config = ckpt.load_model_weights(run)
-    check_exportable(config["model"], run, rollout_differs)
+    weights, config, spec = ckpt.load_model_weights(run)
+    check_exportable(config["model"], spec, run, rollout_differs)
     if out.is_dir():
         raise JepaFastError(f"{out} is a folder; give the file to write, e.g. {out / 'model_weights.pth'}")
     if out.exists() and not overwrite:
@@ -167,10 +177,11 @@ def export_reference(run: Path, out: Path, rollout_differs: bool = False, overwr
     return out
 
 
-def load_init(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, str]:
+def load_init(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, DataSpec, str]:
     """Weights to start a fine-tune from (``train --init``): our checkpoint or run folder, or a reference .pth.
 
-    Returns (our state dict, the model config those weights need, a description).
+    Returns (our state dict, the model config those weights need, the data spec they were trained on, a
+    description).
     """
     from jepa_fast.config import run_config_from_dict
 
@@ -178,6 +189,6 @@ def load_init(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, str]:
     if path.is_file():
         sd = read_weights(path)
         check_weights(sd, path)
-        return to_ours(sd), reference_model_config(), f"the course project's weights {path}"
-    weights, config = ckpt.load_model_weights(path)
-    return weights, run_config_from_dict(config).model, f"checkpoint {path}"
+        return to_ours(sd), reference_model_config(), TWO_ROOMS, f"the course project's weights {path}"
+    weights, config, spec = ckpt.load_model_weights(path)
+    return weights, run_config_from_dict(config).model, spec, f"checkpoint {path}"

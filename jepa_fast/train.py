@@ -34,12 +34,13 @@ from jepa_fast import metrics as metrics_mod
 from jepa_fast.config import LossConfig, RunConfig, flat_config, to_dict
 from jepa_fast.data.batch import Batch
 from jepa_fast.data.loader import build_loader
-from jepa_fast.data.reader import SplitData
+from jepa_fast.data.split import SplitData
 from jepa_fast.errors import JepaFastError
 from jepa_fast.loss import jepa_loss
 from jepa_fast.metrics import MetricLogger, NonFiniteLoss, plot_losses
 from jepa_fast.model import JEPA, check_frames, count_parameters, training_flops
 from jepa_fast.progress import step_bar
+from jepa_fast.spec import DataSpec
 from jepa_fast.stop import StopRequest
 
 log = logging.getLogger("jepa_fast.train")
@@ -137,7 +138,7 @@ class Checkpointer:
         state = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
                  "scheduler": t.scheduler.state_dict(), "step": t.step, "sampler": self.sampler.state_dict(),
                  "config": to_dict(t.run), "resolved": self.machine.as_dict(), "data": t.data,
-                 "params": count_parameters(t.model)}
+                 "spec": t.model.spec.to_dict(), "params": count_parameters(t.model)}
         self.last = ckpt.save(self.out, t.step, state, self.rank, self.world, t.accelerator.wait_for_everyone,
                               t.run.train.keep_checkpoints)
         self.saved_step = t.step
@@ -171,28 +172,26 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
         if rank == 0:  # an --overwrite killed before its first checkpoint left the old run aside: put it back
             atomic.recover_asides(out, lambda d: ckpt.latest(d) is not None)
         _check_output(out, resume, overwrite, init)
-        if init is not None:
-            run = _with_init_model(run, init)
         # ask NVML, not the CUDA driver: DALI can fork its workers only while the driver is not initialised
         os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
         cuda = torch.cuda.is_available()
         device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         store = resolve_store(data)
-        split = SplitData(store)  # data first: DALI's workers must fork before anything initialises CUDA
+        # data first: DALI's workers must fork before anything initialises CUDA
+        split = SplitData(store, run.data.seq_len, run.data.stride, run.data.window_offset)
+        if init is not None:
+            run = _with_init_model(run, init, split.spec, store)
         check_frames(run.model, split.H, split.W, store)
         loader = build_loader(split, run.data, device, rank=rank, world_size=world)
         machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once
-        if run.model.static_walls and not split.reader.attrs.get("walls_static", False):
-            log.info("%s: wall images vary within trajectories; encoding every frame (model.static_walls off)", store)
-            run = dataclasses.replace(run, model=dataclasses.replace(run.model, static_walls=False))
-        t, tb = _setup(run, out, loader, world, device, machine, init)
+        t, tb = _setup(run, split.spec, out, loader, world, device, machine, init)
         t.data = {"store": str(store.resolve()), "fingerprint": split.reader.fingerprint(), "n": split.n}
         if resume:
             _restore(t, out, loader, rank, world, machine, other_data)
         try:
             tb = _claim_output(t, out, resume, overwrite, machine, tb)
             if t.accelerator.is_main_process:
-                print(f"jepa-fast train | {count_parameters(t.model):,} params | {store} ({split.n:,} trajectories) | "
+                print(f"jepa-fast train | {count_parameters(t.model):,} params | {store} ({split.summary}) | "
                       f"loader {loader.mode} | {world} process(es) on {device.type} | {machine.header()} | "
                       f"{t.total} steps ({len(loader)}/epoch)")
             return _loop(t, loader, split, out, machine, tb, world, device, stop_at_step, progress, profile)
@@ -206,7 +205,7 @@ def _loop(t: Training, loader, split: SplitData, out: Path, machine: hardware.Re
           device: torch.device, stop_at_step: int | None, progress: bool, profile: Path | None) -> dict:
     """Steps until the run's total (or a stop); logs and checkpoints at their cadences; one final save."""
     run, accelerator, is_main = t.run, t.accelerator, t.accelerator.is_main_process
-    flops = training_flops(run.model, run.train.prediction, split.frame_shape) * run.data.batch_size * world \
+    flops = training_flops(run.model, split.spec, run.train.prediction, split.T) * run.data.batch_size * world \
         if device.type == "cuda" else None  # MFU only where a peak is known
     metrics = MetricLogger(out / "metrics.jsonl" if is_main else None, t.total, run.data.batch_size * split.T * world,
                            split.T, device, flops_per_step=flops, accelerator=accelerator if tb else None,
@@ -281,18 +280,24 @@ def _check_output(out: Path, resume: bool, overwrite: bool, init: Path | None) -
                             "or use another --out")
 
 
-def _with_init_model(run: RunConfig, init: Path) -> RunConfig:
-    """The run with the model config that ``init``'s weights need (the weights are loaded in ``_setup``)."""
+def _with_init_model(run: RunConfig, init: Path, spec: DataSpec, store: Path) -> RunConfig:
+    """The run with the model config that ``init``'s weights need (the weights are loaded in ``_setup``);
+    the weights must have been trained on data of this shape."""
     from jepa_fast.reference import load_init
 
-    _, model_cfg, what = load_init(init)
+    _, model_cfg, init_spec, what = load_init(init)
+    shape = ("channels", "static_channels", "action_size")
+    if any(getattr(init_spec, f) != getattr(spec, f) for f in shape):
+        got = ", ".join(f"{f} {getattr(init_spec, f)}" for f in shape)
+        want = ", ".join(f"{f} {getattr(spec, f)}" for f in shape)
+        raise JepaFastError(f"--init: {what} was trained on other data ({got}); {store} has {want}")
     if model_cfg != run.model:
         log.info("model config taken from %s (it differs from preset %s's)", what, run.preset)
     return dataclasses.replace(run, model=model_cfg)
 
 
-def _setup(run: RunConfig, out: Path, loader, world: int, device: torch.device, machine: hardware.Resolved,
-           init: Path | None) -> tuple[Training, bool]:
+def _setup(run: RunConfig, spec: DataSpec, out: Path, loader, world: int, device: torch.device,
+           machine: hardware.Resolved, init: Path | None) -> tuple[Training, bool]:
     """Accelerate, the model and optimizer (restored from the latest checkpoint on resume), the compiled step."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -305,7 +310,7 @@ def _setup(run: RunConfig, out: Path, loader, world: int, device: torch.device, 
     accelerator = Accelerator(mixed_precision=machine.precision, cpu=device.type != "cuda",
                               log_with="tensorboard" if tb else None, project_dir=str(out))
     set_seed(run.train.seed)  # same init on every process
-    model = JEPA(run.model)
+    model = JEPA(run.model, spec)
     if init is not None:
         from jepa_fast.reference import load_init
 

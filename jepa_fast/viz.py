@@ -30,7 +30,13 @@ def save_figure(fig, out: Path) -> None:
 
 
 def frame_rgb(frame: np.ndarray) -> np.ndarray:
-    """(2, H, W) frame in any value scale -> (H, W, 3) float RGB: agent in orange, walls in grey."""
+    """(C, H, W) frame in any value scale -> (H, W, 3) float RGB in [0, 1]. Two channels (two-rooms): agent
+    in orange, walls in grey; one: grey levels; three or four: the first three as RGB. Scaled by the frame's max."""
+    C = frame.shape[0]
+    if C != 2:
+        x = frame.astype(np.float32)
+        x = x / max(float(x.max()), 1e-12)
+        return np.clip(np.repeat(x, 3, axis=0) if C == 1 else x[:3], 0.0, 1.0).transpose(1, 2, 0)
     agent = frame[0].astype(np.float32)
     wall = frame[1].astype(np.float32)
     agent = agent / max(float(agent.max()), 1e-12)
@@ -43,7 +49,7 @@ def trajectory_grid(states: np.ndarray, locations: np.ndarray | None, out: Path,
                     title: str = "", predicted: np.ndarray | None = None) -> None:
     """A grid: one row per trajectory, ``n_frames`` frames across, the agent path drawn on top.
 
-    Args: states (N, T, 2, H, W); locations (N, T, 2) or None; predicted (N, T, 2) optional
+    Args: states (N, T, C, H, W); locations (N, T, 2) or None; predicted (N, T, 2) optional
     predicted path (drawn dashed, e.g. by the prober).
     """
     plt = _plt()
@@ -82,4 +88,31 @@ def line_plot(series: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, xlabe
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    save_figure(fig, out)
+
+
+def target_traces(true: np.ndarray, pred: np.ndarray, names: list[str], out: Path, title: str = "") -> None:
+    """One panel per target: each window's true values over time (solid) and the prober's (dashed).
+
+    Args: true, pred (N, T, K) in the targets' units."""
+    plt = _plt()
+    K = true.shape[-1]
+    cols = min(K, 3)
+    rows = -(-K // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k in range(rows * cols):
+        ax = axes[k // cols, k % cols]
+        if k >= K:
+            ax.axis("off")
+            continue
+        for i in range(len(true)):
+            c = colours[i % len(colours)]
+            ax.plot(true[i, :, k], "-", color=c, lw=1.2)
+            ax.plot(pred[i, :, k], "--", color=c, lw=1.0)
+        ax.set_title(names[k] if k < len(names) else f"target {k}", fontsize=8)
+        ax.set_xlabel("timestep", fontsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
     save_figure(fig, out)

@@ -14,7 +14,7 @@ import torch
 
 from jepa_fast.config import AUGMENT_PRESETS, DataConfig, LossConfig, model_preset
 from jepa_fast.data.loader import build_loader, dali_importable
-from jepa_fast.data.reader import SplitData
+from jepa_fast.data.split import SplitData
 
 pytestmark = [
     pytest.mark.gpu,
@@ -38,8 +38,24 @@ def test_dali_gpu_inflate_equals_the_torch_loader(data):
     ref = build_loader(data, DataConfig(**{**cfg.__dict__, "loader": "torch", "resident": "device"}), gpu)
     assert dali.mode == "dali-gpu" and ref.mode == "torch-device"
     for a, b in zip(dali, ref):
-        for f in ("states", "actions", "locations", "indices", "brightness", "noise_std"):
+        for f in ("states", "actions", "targets", "indices", "brightness", "noise_std"):
             assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+@pytest.mark.skipif(not dali_importable(), reason="nvidia-dali is not importable here")
+def test_dali_gpu_windows_of_unequal_episodes_equal_the_torch_loader(episodes_store):
+    """Windows that cross rows: DALI inflates each needed row once on the GPU and gathers the windows there."""
+    data = SplitData(episodes_store, 7, 3)
+    cfg = DataConfig(batch_size=16, seed=2, seq_len=7, stride=3)
+    gpu = torch.device("cuda")
+    dali = build_loader(data, DataConfig(**{**cfg.__dict__, "loader": "dali"}), gpu)
+    ref = build_loader(data, DataConfig(**{**cfg.__dict__, "loader": "torch", "resident": "device"}), gpu)
+    n = 0
+    for a, b in zip(dali, ref):
+        for f in ("states", "actions", "targets", "indices"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), f
+        n += 1
+    assert n == len(ref) > 0
 
 
 @compiled_triton

@@ -38,11 +38,12 @@ def test_schedule_quirks():
 
 def test_normalizer_and_unnormalised_mse():
     loc = torch.tensor([[31.5863, 32.0618], [47.6888, 48.1971]])
-    n = P.normalize(loc)
+    norm = P.TWO_ROOMS_TARGETS
+    n = norm.normalize(loc)
     torch.testing.assert_close(n[0], torch.zeros(2), atol=1e-6, rtol=0)
     torch.testing.assert_close(n[1], torch.ones(2), atol=1e-5, rtol=0)
-    torch.testing.assert_close(P.unnormalize(n), loc)
-    mse = P.unnormalize_mse(torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(norm.unnormalize(n), loc)
+    mse = norm.unnormalize_mse(torch.tensor([1.0, 1.0]))
     torch.testing.assert_close(mse, torch.tensor([16.1025**2, 16.1353**2]))
 
 
@@ -55,10 +56,12 @@ def test_evaluate_averages_like_the_original():
     with torch.no_grad():
         prober.weight.zero_()
         prober.bias.copy_(torch.tensor([1.0, 2.0]))  # constant prediction (1, 2) in normalised units
-    avg, per_t, _ = P.evaluate(prober, lambda idx: emb[idx], loc, cfg)
+    sc = P.evaluate(prober, lambda idx: emb[idx], loc, cfg)
     expect = (1 * 16.1025**2 + 4 * 16.1353**2) / 2
-    assert avg == pytest.approx(expect, rel=1e-5)
-    np.testing.assert_allclose(per_t, [expect] * 3, rtol=1e-5)
+    assert sc.loss == pytest.approx(expect, rel=1e-5)
+    np.testing.assert_allclose(sc.per_timestep, [expect] * 3, rtol=1e-5)
+    assert sc.per_target == pytest.approx({"agent_x": 16.1025**2, "agent_y": 4 * 16.1353**2}, rel=1e-5)
+    assert sc.chance == pytest.approx({"agent_x": 0, "agent_y": 0}, abs=1e-6)  # the targets sit at the mean
 
 
 @pytest.mark.parametrize("T,expect", [(65, 30), (17, 17)])
@@ -78,7 +81,7 @@ def test_thirty_distinct_timesteps_are_sampled_only_when_T_exceeds_thirty(T, exp
             return self.lin(x)
 
     orig = P.make_prober
-    P.make_prober = lambda D, c: Record()
+    P.make_prober = lambda D, c, K: Record()
     try:
         P.train_prober(lambda idx: emb[idx], loc, 3, cfg)
     finally:

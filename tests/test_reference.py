@@ -186,8 +186,8 @@ def test_train_init_fine_tunes_from_imported_weights(ref_file, tiny_packed, tmp_
         r = train(apply_overrides(run_preset("tiny"), ["train.max_steps=2", "train.lr=1e-9"]), tmp_path / "p", out,
                   progress=False, init=source)
         assert r["step"] == 2  # a new run: its own step count and schedule
-        w0 = start.encoder.agent.convs[3].weight
-        assert (r["model"].encoder.agent.convs[3].weight - w0).abs().max() < 1e-6  # started from the file
+        w0 = start.encoder.branches[0].convs[3].weight
+        assert (r["model"].encoder.branches[0].convs[3].weight - w0).abs().max() < 1e-6  # started from the file
         assert r["model"].cfg.input_scale == 1.0  # the model config came with the weights
 
 
@@ -256,7 +256,7 @@ def _straightforward_probe(model, root, cfg: ProbeConfig) -> dict[str, float]:
 @pytest.mark.slow
 def test_probe_matches_the_straightforward_evaluator_across_prober_seeds(tmp_path):
     from jepa_fast.config import SimConfig, dataset_preset
-    from jepa_fast.data.reader import SplitData
+    from jepa_fast.data.split import SplitData
     from jepa_fast.hardware import cpu_has_native_bf16
     from jepa_fast.sim.generate import generate_dataset
 

@@ -57,15 +57,15 @@ def _cmd_generate(args) -> None:
 
 
 def _add_show(sub) -> None:
-    p = sub.add_parser("show", help="draw a few trajectories of a split as a PNG grid",
-                       description="Draw a grid of trajectories from a split folder (.npy) with the agent "
-                       "path overlaid, one row per trajectory.")
-    p.add_argument("split", type=Path, help="split folder holding states.npy / actions.npy / locations.npy, "
-                   "or a packed <split>.zarr store")
+    p = sub.add_parser("show", help="draw a few episodes of a split as a PNG grid",
+                       description="Draw a grid of episodes from a split (a folder of .npy files, an HDF5 file or a "
+                       "packed store), one row per episode (two-rooms data: the agent's path overlaid).")
+    p.add_argument("split", type=Path, help="split folder holding states.npy / actions.npy [/ locations.npy], an HDF5 "
+                   "file of episodes, or a packed <split>.zarr store")
     p.add_argument("--out", type=Path, default=Path("sample.png"), help="PNG to write (default sample.png)")
-    p.add_argument("--n", type=int, default=4, help="how many trajectories (rows), default 4")
+    p.add_argument("--n", type=int, default=4, help="how many episodes (rows), default 4")
     p.add_argument("--frames", type=int, default=6, help="frames per row, default 6")
-    p.add_argument("--start", type=int, default=0, help="index of the first trajectory shown")
+    p.add_argument("--start", type=int, default=0, help="index of the first episode shown")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_show)
 
@@ -81,30 +81,43 @@ def _cmd_show(args) -> None:
         raise JepaFastError(f"--out {args.out} is a folder; give the PNG file to write, e.g. {args.out / 'sample.png'}")
     from jepa_fast import atomic
 
-    inputs = [args.split] if (args.split / "zarr.json").exists() else [args.split / f"{n}.npy" for n in
-                                                                        ("states", "actions", "locations")]
+    packed = (args.split / "zarr.json").exists()
+    inputs = [args.split] if packed or args.split.is_file() else [
+        p for p in (args.split / f"{n}.npy" for n in ("states", "actions", "locations", "targets")) if p.exists()]
     atomic.check_apart(args.out, {f"input {p.name}": p for p in inputs}, "--out")
     if args.out.exists() and not args.overwrite:
         raise JepaFastError(f"--out {args.out} exists; pass --overwrite to replace it")
-    if (args.split / "zarr.json").exists():
+    if packed:
         from jepa_fast.data.reader import StoreReader
 
         reader = StoreReader(args.split)
-        N = reader.n
-        get_states = lambda sl: np.stack([reader.decode(i) for i in range(sl.start, sl.stop)])  # noqa: E731
-        all_locs = reader.locations()
-    else:
-        from jepa_fast.data.source import open_source
+        starts, spec = reader.episode_starts(), reader.spec()
+        all_targets = reader.targets()
 
-        source = open_source(args.split)  # one-line errors for a missing, truncated or non-.npy file
-        N = len(source.states)
-        get_states = lambda sl: np.asarray(source.states[sl])  # noqa: E731
-        all_locs = source.locations
+        def episodes(e0: int, e1: int):
+            frames = [reader.read_frames(int(starts[e]), int(starts[e + 1] - starts[e])) for e in range(e0, e1)]
+            targets = None if all_targets is None else [all_targets[starts[e]:starts[e + 1]] for e in range(e0, e1)]
+            return frames, targets
+    else:
+        from jepa_fast.data.pack import open_episodes
+
+        source = open_episodes(args.split)  # one-line errors for a missing, truncated or unreadable file
+        starts = np.concatenate([[0], np.cumsum(source.lengths)])
+        spec = source
+
+        def episodes(e0: int, e1: int):
+            x, _, targets = source.read(e0, e1)
+            return np.split(x, np.cumsum(source.lengths[e0:e1])[:-1]), targets
+    N = len(starts) - 1
     if not 0 <= args.start < N:
-        raise JepaFastError(f"--start {args.start}: {args.split} holds {N} trajectories")
-    sel = slice(args.start, min(N, args.start + args.n))
-    locs = None if all_locs is None else np.asarray(all_locs[sel])
-    trajectory_grid(get_states(sel), locs, args.out, n_frames=args.frames, title=str(args.split))
+        raise JepaFastError(f"--start {args.start}: {args.split} holds {N} episodes")
+    frames, targets = episodes(args.start, min(N, args.start + args.n))
+    T = min(len(f) for f in frames)  # a grid needs one length: the shortest episode's
+    states = np.stack([f[:T] for f in frames])
+    path = None  # the agent's path is drawn on two-rooms data, whose targets are its (x, y) in pixels
+    if targets is not None and spec.protocol == "two-rooms":
+        path = np.stack([t[:T] for t in targets])
+    trajectory_grid(states, path, args.out, n_frames=args.frames, title=str(args.split))
     print(f"wrote {args.out}")
 
 
@@ -113,15 +126,23 @@ def _cmd_show(args) -> None:
 
 
 def add_pack_arguments(p) -> None:
-    p.add_argument("src", type=Path, help="a raw split folder (states.npy, actions.npy[, locations.npy]) or a "
-                   "dataset root holding several split folders")
+    p.add_argument("src", type=Path, help="a split folder of .npy files (states.npy, actions.npy[, locations.npy or "
+                   "targets.npy][, episode_ends.npy]), an HDF5 file of episodes, or a dataset root holding several of "
+                   "either")
     p.add_argument("dst", type=Path, help="the store to create: DST.zarr for one split, or a folder that will "
                    "hold <split>.zarr for every split of a dataset root")
     p.add_argument("--codec", default="lz4", choices=["lz4", "zstd"],
                    help="lz4 (default): raw LZ4 blocks the GPU inflates; zstd: ~1.5x smaller, CPU decode only")
     p.add_argument("--zstd-level", type=int, default=3, help="zstd level 1-22 (default 3)")
-    p.add_argument("--chunk-mib", type=float, default=1.0, help="target raw MiB per shard of k trajectories")
-    p.add_argument("--chunk-trajectories", type=int, default=0, help="k, trajectories per shard (0 = from --chunk-mib)")
+    p.add_argument("--chunk-mib", type=float, default=1.0, help="target raw MiB per shard of k rows")
+    p.add_argument("--chunk-trajectories", "--chunk-rows", dest="chunk_rows", type=int, default=0,
+                   help="k, rows per shard (0 = from --chunk-mib)")
+    p.add_argument("--row-frames", type=int, default=0,
+                   help="L, frames per row, the unit a window's frames are decoded in (0 = the episodes' length when "
+                   "they all have the same, else 16)")
+    p.add_argument("--channels", default="auto", choices=["auto", "first", "last"],
+                   help="where the frames' channel axis is: (C, H, W) first or (H, W, C) last (auto: the axis of "
+                   "size 1-4 when only one is)")
     p.add_argument("--scale", default="sample", choices=["sample", "exact"],
                    help="float quantisation scale: sample = 1.01 x max of a strided sample (one pass; repacks "
                    "with the exact max if a value would clip), exact = max over all data (an extra pass)")
@@ -129,6 +150,16 @@ def add_pack_arguments(p) -> None:
     p.add_argument("--clip-outliers", action="store_true",
                    help="float input: clip values far above the rest of their channel (> 64x its sampled 99.9th "
                    "percentile) instead of refusing the pack; the count is recorded in the store")
+    h5 = p.add_argument_group("HDF5 input (pip install 'jepa-fast[hdf5]')")
+    h5.add_argument("--frames", default=None, help="dataset of the frames, inside an episode group (default: the one "
+                    "uint8 image dataset)")
+    h5.add_argument("--actions", default=None, help="dataset of the actions (default: actions)")
+    h5.add_argument("--targets", default=None, help="comma-separated datasets of per-frame probe targets, e.g. "
+                    "obs/agent_pos,obs/block_pose (default: none)")
+    h5.add_argument("--target-names", default=None, help="comma-separated names of the target components (default: "
+                    "from the dataset names)")
+    h5.add_argument("--episodes", default=None, help="glob of the episode groups, e.g. 'data/demo_*' (default: the "
+                    "numbered groups holding the actions; none: the flat D4RL layout split at terminals/timeouts)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted pack after its last complete shard")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -139,20 +170,23 @@ def run_pack(args) -> None:
     from jepa_fast.data.pack import pack_path
 
     cfg = PackConfig(codec=args.codec, zstd_level=args.zstd_level, chunk_mib=args.chunk_mib,
-                     chunk_trajectories=args.chunk_trajectories, scale=args.scale, workers=args.workers,
-                     clip_outliers=args.clip_outliers)
+                     chunk_trajectories=args.chunk_rows, row_frames=args.row_frames, scale=args.scale,
+                     workers=args.workers, clip_outliers=args.clip_outliers)
+    keys = {k: getattr(args, k) for k in ("frames", "actions", "targets", "target_names", "episodes")
+            if getattr(args, k) is not None}
     results = pack_path(args.src, args.dst, cfg, overwrite=args.overwrite, resume=args.resume,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, channels=args.channels, keys=keys)
     for r in results:
         speed = f"{r['frames'] / r['seconds']:,.0f} frames/s" if r["seconds"] > 0 else "kept from before"
-        print(f"{r['store']}: {r['n']:,} trajectories, {speed}, "
-              f"{r['bytes_in'] / max(r['bytes_out'], 1):.1f}x smaller than the source states")
+        print(f"{r['store']}: {r['n']:,} episodes, {r['frames']:,} frames, {speed}, "
+              f"{r['bytes_in'] / max(r['bytes_out'], 1):.1f}x smaller than the source frames")
 
 
 def _add_pack(sub) -> None:
-    p = sub.add_parser("pack", help="pack raw split folders (.npy) into chunked Zarr stores, once",
-                       description="Pack a raw split folder (or every split of a dataset root) into the jepa-fast "
-                       "Zarr store: uint8 frames, k trajectories per shard, one LZ4 block per trajectory. Streams "
+    p = sub.add_parser("pack", help="pack trajectories (.npy folders, HDF5 files) into chunked Zarr stores, once",
+                       description="Pack a split (a folder of .npy files or an HDF5 file of episodes), or every split "
+                       "of a dataset root, into the jepa-fast Zarr store: uint8 frames (floats quantised per channel), "
+                       "episodes back to back in rows of L frames, k rows per shard, one LZ4 block per row. Streams "
                        "with bounded memory, atomic (work in DST.partial), resumable.")
     add_pack_arguments(p)
     p.set_defaults(func=run_pack)
@@ -162,6 +196,27 @@ def add_inspect_arguments(p) -> None:
     p.add_argument("store", type=Path, help="a <split>.zarr store, or a folder of them")
     p.add_argument("--verify", action="store_true", help="re-read and decompress every chunk")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def describe_store(r) -> dict:
+    """What ``jepa-fast inspect`` prints of a store (a ``StoreReader``): episodes, shapes, chunking, sizes, stats."""
+    import numpy as np
+
+    from jepa_fast.data.reader import store_nbytes
+
+    stored = store_nbytes(r.path)
+    lengths = np.diff(r.episode_starts())
+    raw = r.frames * r.C * r.H * r.W
+    spec = r.spec()
+    return {"store": str(r.path), "frames": r.frames, "episodes": len(lengths),
+            "episode_length": [int(lengths.min()), int(lengths.max())], "frame_shape": [r.C, r.H, r.W],
+            "action_size": spec.action_size, "rows": r.rows, "row_frames": r.L, "rows_per_shard": r.k,
+            "shards": int(-(-r.rows // r.k)), "codec": r.codec.name, "scale": r.scale.tolist(),
+            "value_max": r.attrs.get("value_max"), "source_dtype": r.attrs.get("source_dtype"), "stored_bytes": stored,
+            "ratio_vs_uint8": round(raw / max(stored, 1), 2), "ratio_vs_float32": round(4 * raw / max(stored, 1), 2),
+            "target_names": list(spec.target_names), "channel_names": list(spec.channel_names),
+            "static_channels": list(spec.static_channels), "protocol": spec.protocol, "stats": r.attrs.get("stats"),
+            "schema_version": r.version}
 
 
 def run_inspect(args) -> None:
@@ -174,16 +229,23 @@ def run_inspect(args) -> None:
         raise JepaFastError(f"{args.store}: no .zarr store found")
     for path in stores:
         reader = StoreReader(path)
-        info = reader.describe()
+        info = describe_store(reader)
         if args.verify:
             info["verified_chunks"] = reader.verify()
         if args.json:
             print(json.dumps(info))
             continue
+        lo, hi = info["episode_length"]
         print(f"{path}")
-        print(f"  shape (N,T,C,H,W)   {tuple(info['shape'])}   uint8, scale {[f'{s:.4g}' for s in info['scale']]}")
-        print(f"  chunking            {info['trajectories_per_shard']} trajectories per shard, {info['shards']:,} "
-              f"shards, one {info['codec']} chunk per trajectory")
+        print(f"  frames              {info['frames']:,} in {info['episodes']:,} episodes of {lo}"
+              f"{'' if lo == hi else f'-{hi}'} frames; (C, H, W) {tuple(info['frame_shape'])} uint8, scale "
+              f"{[f'{s:.4g}' for s in info['scale']]}")
+        names = [n + (" (static)" if st else "") for n, st in zip(info["channel_names"], info["static_channels"])]
+        print(f"  channels            {', '.join(names)}; data {info['protocol']}")
+        targets = ", ".join(info["target_names"]) or "none"
+        print(f"  actions, targets    {info['action_size']}-d actions; targets: {targets}")
+        print(f"  chunking            {info['rows_per_shard']} rows of {info['row_frames']} frames per shard, "
+              f"{info['shards']:,} shards, one {info['codec']} chunk per row")
         print(f"  stored              {info['stored_bytes'] / 1e6:,.1f} MB: {info['ratio_vs_uint8']}x smaller than "
               f"uint8, {info['ratio_vs_float32']}x smaller than float32")
         for k, v in (info["stats"] or {}).items():

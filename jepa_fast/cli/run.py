@@ -14,7 +14,7 @@ from jepa_fast.errors import JepaFastError
 
 TRAIN_FLAGS = {"precision": "train.precision", "compile": "train.compile", "loader": "data.loader",
                "batch_size": "data.batch_size", "epochs": "train.epochs", "steps": "train.max_steps",
-               "lr": "train.lr", "loss_impl": "loss.impl"}
+               "lr": "train.lr", "loss_impl": "loss.impl", "seq_len": "data.seq_len", "stride": "data.stride"}
 """Named ``train`` flags -> the config field each sets (``--seed`` and ``--augment`` are handled below)."""
 
 
@@ -37,7 +37,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "on a CPU, fp16 on an older GPU)")
     p.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile the step (default: preset's)")
     p.add_argument("--loader", choices=["auto", "dali", "torch"], help="data loader (default: auto)")
-    p.add_argument("--batch-size", type=int, help="trajectories per batch per process")
+    p.add_argument("--batch-size", type=int, help="windows (trajectories) per batch per process")
+    p.add_argument("--seq-len", type=int, help="frames per training window (default: the episodes' own length when "
+                   "they all have the same, as in two-rooms; needed when episodes differ in length)")
+    p.add_argument("--stride", type=int, help="frames between the starts of an episode's windows (default: --seq-len, "
+                   "windows that do not overlap)")
     p.add_argument("--epochs", type=int, help="epochs over the train split")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -103,11 +107,13 @@ def _cmd_train(args) -> None:
 
 def _add_probe(sub) -> None:
     p = sub.add_parser("probe", help="the course project's probing evaluation of a trained checkpoint",
-                       description="Probe a checkpoint (or a run folder: its latest checkpoint) with the original "
-                       "protocol on probe_normal, probe_wall, wall_other and expert; writes metrics.txt (original "
-                       "format), metrics.json and plots.")
+                       description="Probe a checkpoint (or a run folder: its latest checkpoint): two-rooms data with "
+                       "the original protocol on probe_normal, probe_wall, wall_other and expert; other data by "
+                       "regressing the store's targets on held-out episodes. Writes metrics.txt (original format), "
+                       "metrics.json and plots.")
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (step_*) or run folder")
-    p.add_argument("--data", type=Path, required=True, help="packed dataset root with the probe_* stores")
+    p.add_argument("--data", type=Path, required=True, help="packed dataset root: two-rooms, its probe_* stores; other "
+                   "data, folders holding train.zarr and val.zarr with targets (e.g. probe/train.zarr, probe/val.zarr)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/probe)")
     p.add_argument("--no-cache", action="store_true",
                    help="re-run the model on every prober batch, like the original evaluator (slow; same numbers)")
@@ -115,17 +121,19 @@ def _add_probe(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="precision of the rollout embeddings (default fp32, as the original evaluator; a lower "
                    "one is faster but moves the numbers, and is recorded in metrics.json)")
+    p.add_argument("--seq-len", type=int, default=0, help="frames per probed window, data other than two-rooms "
+                   "(default: the run's training window)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_cmd_probe)
 
 
 def _cmd_probe(args) -> None:
     from jepa_fast.config import ProbeConfig
-    from jepa_fast.probe import format_table, run_probe
+    from jepa_fast.probe_report import format_table, run_probe
 
-    r = run_probe(args.checkpoint, args.data, args.out, ProbeConfig(cache=not args.no_cache), args.device,
-                  args.precision, overwrite=args.overwrite)
-    print(format_table(r["losses"]))
+    r = run_probe(args.checkpoint, args.data, args.out, ProbeConfig(cache=not args.no_cache, seq_len=args.seq_len),
+                  args.device, args.precision, overwrite=args.overwrite)
+    print(format_table(r))
     print(f"probed in {r['seconds']:.1f} s; metrics.txt, metrics.json and plots in {r['out']}")
 
 
