@@ -7,7 +7,7 @@ PYTHON ?= python3
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "torch==2.13.0"
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[dev,$$($(PYTHON) -m jepa_fast.hardware dali-extra)]"
+	@$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[dev,hdf5,envs,$$($(PYTHON) -m jepa_fast.hardware dali-extra)]"
 
 demo: install
 	$(PYTHON) -m jepa_fast demo --out runs/demo
