@@ -371,10 +371,19 @@ def _raw(episodes_raw):
             np.load(episodes_raw / "targets.npy"), starts)
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["window-arrays-cached", "gathered-per-frame"])
 @pytest.mark.parametrize("seq_len,stride,offset", [(8, 0, 0), (5, 3, 1), (12, 12, 2)])
-def test_windows_of_unequal_episodes_are_the_raw_frames(episodes_raw, episodes_store, seq_len, stride, offset):
+def test_windows_of_unequal_episodes_are_the_raw_frames(episodes_raw, episodes_store, seq_len, stride, offset,
+                                                        cached, monkeypatch):
+    """Frames, actions and targets of every window are the raw data's, whether the per-window actions and
+    targets are cached (small stores) or gathered frame by frame (past split.WINDOW_ARRAYS_BYTES)."""
+    from jepa_fast.data import split
+
     frames, actions, targets, starts = _raw(episodes_raw)
+    if not cached:
+        monkeypatch.setattr(split, "WINDOW_ARRAYS_BYTES", 0)
     d = SplitData(episodes_store, seq_len, stride, offset)
+    assert (d._window_actions is not None) == cached
     step = stride or seq_len
     expect, skipped = [], 0
     for e in range(len(starts) - 1):

@@ -15,7 +15,7 @@ import numpy as np
 
 from jepa_fast.data.schema import MAX_U64, ChunkCodec, crc32c, quantize, shard_path
 
-STATS_STRIDE = 8
+STATS_STRIDE = 32
 """Every this-th frame of a shard goes into the store's per-channel value histogram (mean and std)."""
 
 
@@ -59,13 +59,13 @@ class BadValue(Exception):
 
 
 def write_shard(path: Path, s: int, x: np.ndarray, n: int, L: int, k: int, codec: ChunkCodec, scale: np.ndarray,
-                 limit: np.ndarray | None, first_frame: int, new_episode: np.ndarray
+                 limit: np.ndarray | None, first_frame: int, new_episode: np.ndarray, candidates: np.ndarray
                  ) -> tuple[int | None, np.ndarray, np.ndarray, np.ndarray]:
     """Check, quantise, compress and write shard s from its frames x (>= n, C, H, W; rows of L, zero after n).
-    ``new_episode`` (n,) marks the frames that start an episode. Returns (CRC32C of the file or None when every
-    row is empty, per-channel value histogram of the n real frames (C, 256), per-channel max of the source
-    values, per-channel 'identical to the previous frame of its episode' over this shard (C,)). The histogram
-    counts every STATS_STRIDE-th frame."""
+    ``new_episode`` (n,) marks the frames that start an episode; ``candidates`` (C,) the channels still static so
+    far (only those are compared). Returns (CRC32C of the file or None when every row is empty, per-channel value
+    histogram of the n real frames (C, 256), per-channel max of the source values, per-channel 'identical to the
+    previous frame of its episode' over this shard (C,)). The histogram counts every STATS_STRIDE-th frame."""
     C = x.shape[1]
     real = x[:n]
     if x.dtype != np.uint8:
@@ -87,8 +87,10 @@ def write_shard(path: Path, s: int, x: np.ndarray, n: int, L: int, k: int, codec
     q = quantize(x[:rows * L], scale, clip=limit is not None).reshape(rows, L, *x.shape[1:])
     qr = q.reshape(-1, C, x.shape[2] * x.shape[3])[:n]
     # static channels, as stored: every frame equals the previous one of its episode
-    same = ~((qr[1:] != qr[:-1]).any(axis=2))  # (n-1, C)
-    static = (same | new_episode[1:, None]).all(axis=0) if n > 1 else np.ones(C, bool)
+    static = candidates.copy()
+    for c in np.nonzero(candidates)[0] if n > 1 else ():
+        same = ~((qr[1:, c] != qr[:-1, c]).any(axis=1))  # (n-1,)
+        static[c] = bool((same | new_episode[1:]).all())
     # the value statistics of every STATS_STRIDE-th frame: input normalisation needs no more, at a fraction of the cost
     hist = np.stack([np.bincount(qr[::STATS_STRIDE, c].ravel(), minlength=256) for c in range(C)])
     data = encode_shard(q, k, codec)

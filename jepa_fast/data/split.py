@@ -24,6 +24,10 @@ from jepa_fast.errors import JepaFastError
 
 log = logging.getLogger(__name__)
 
+WINDOW_ARRAYS_BYTES = 256 << 20
+"""Per-window copies of the actions and targets are kept (one row gather per batch instead of a gather per
+frame) while they take at most this many bytes; overlapping windows of a very large store gather per frame."""
+
 
 def window_starts(starts: np.ndarray, seq_len: int, stride: int, offset: int = 0) -> tuple[np.ndarray, int]:
     """(first frame of every window, episodes too short to hold one) for episodes given by ``starts`` (E + 1,)."""
@@ -72,6 +76,12 @@ class SplitData:
         self.A = self.spec.action_size
         self.frame_actions = r.actions()  # (F, A) float32
         self.frame_targets = r.targets()  # (F, K) float32 or None
+        self._window_actions = self._window_targets = None
+        K = 0 if self.frame_targets is None else self.frame_targets.shape[1]
+        if self.n * ((self.T - 1) * self.A + self.T * K) * 4 <= WINDOW_ARRAYS_BYTES:
+            every = np.arange(self.n)
+            self._window_actions = self.window_actions(every)
+            self._window_targets = self.window_targets(every)
         # every window is exactly one row: decode straight into the caller's buffer (fixed-length data)
         self.aligned = self.T == self.L and bool((self.window_starts % self.L == 0).all())
         import torch  # here, not at the top: pack and inspect read stores without needing torch
@@ -125,6 +135,8 @@ class SplitData:
     # per-frame arrays over windows ---------------------------------------------------------------
     def window_actions(self, indices: np.ndarray) -> np.ndarray:
         """(len(indices), T - 1, A) float32: the actions between the frames of each window."""
+        if self._window_actions is not None:
+            return self._window_actions[indices]
         frames = self.window_starts[np.asarray(indices)][:, None] + np.arange(self.T - 1)
         return self.frame_actions[frames]
 
@@ -132,5 +144,7 @@ class SplitData:
         """(len(indices), T, K) float32 targets of each window's frames, or None."""
         if self.frame_targets is None:
             return None
+        if self._window_targets is not None:
+            return self._window_targets[indices]
         frames = self.window_starts[np.asarray(indices)][:, None] + np.arange(self.T)
         return self.frame_targets[frames]

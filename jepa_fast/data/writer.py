@@ -34,6 +34,8 @@ from jepa_fast.data.schema import (
 from jepa_fast.data.shard import BadValue, write_shard
 from jepa_fast.errors import JepaFastError
 
+IN_FLIGHT_BYTES = 64 << 20
+"""Source frames staged or in flight to the shard workers, at most (a deeper queue rides out slow file opens)."""
 PROGRESS_EVERY_S = 1.0
 """The durable position is reported at most this often (and whenever no shard is in flight): a kill loses
 at most this much work, and tiny shards do not each cost a progress write."""
@@ -71,10 +73,12 @@ class StoreBuilder:
         self._files = {n: open(p, "ab") for n, p in self._raw.items()}
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="jepa-pack")
         self._pending: deque = deque()
-        self._free = [np.zeros((self.shard_frames, self.C, self.H, self.W), self.dtype) for _ in range(2 * workers + 2)]
+        shard_bytes = self.shard_frames * self.C * self.H * self.W * np.dtype(self.dtype).itemsize
+        n_buf = max(2 * workers + 2, min(8 * workers + 2, IN_FLIGHT_BYTES // max(1, shard_bytes)))
+        self._free = [np.zeros((self.shard_frames, self.C, self.H, self.W), self.dtype) for _ in range(n_buf)]
         self._staging = self._free.pop()
         self._fill = 0
-        self._last = None  # the last frame handed to a shard (static channels across shard boundaries)
+        self._last = None  # the last frame handed to a shard, as given (static channels across shard boundaries)
         self._last_stored = self._stored_last_frame() if self.shards_done else None
         self._saved = time.monotonic()  # progress is saved at most once a second (and when nothing is in flight)
 
@@ -144,15 +148,43 @@ class StoreBuilder:
 
     def commit(self, lengths, actions, targets=None) -> None:
         """Episodes of ``lengths`` frames were written into ``staging_view()``: record them (actions (m, T-1, A)
-        or a list per episode, targets (m, T, K))."""
-        a = 0
-        for j, n in enumerate(lengths):
-            self._meta(int(n), actions[j], None if targets is None else targets[j])
-            self.frames += int(n)
-            a += n
-        self._fill += a
+        or a list per episode, targets (m, T, K)). Equal lengths with array actions take one vectorised write."""
+        lengths = [int(n) for n in lengths]
+        if isinstance(actions, np.ndarray) and actions.ndim == 3 and len(set(lengths)) == 1:
+            m, T = len(lengths), lengths[0]
+            self._meta_block(m, T, actions, targets)
+        else:
+            for j, n in enumerate(lengths):
+                self._meta(n, actions[j], None if targets is None else targets[j])
+                self.frames += n
+        self._fill += sum(lengths)
         if self._fill == self.shard_frames:
             self._submit()
+
+    def _meta_block(self, m: int, T: int, actions: np.ndarray, targets) -> None:
+        """``_meta`` of m episodes of T frames at once (the fixed-length fast path)."""
+        if actions.shape[1] not in (T - 1, T) or actions.shape[2] != self.A:
+            raise JepaFastError(f"{self.where}: episode {self.episodes} has {T} frames but actions of shape "
+                                f"{actions.shape[1:]}; expected ({T - 1}, {self.A})")
+        full = np.zeros((m, T, self.A), np.float32)
+        full[:, :T - 1] = actions[:, :T - 1]
+        if not np.isfinite(full).all():
+            e = self.episodes + int(np.nonzero(~np.isfinite(full).all(axis=(1, 2)))[0][0])
+            raise JepaFastError(f"{self.where}: episode {e}: actions contain NaN or Inf; fix or drop them")
+        self._files["actions"].write(full.tobytes())
+        if self.K:
+            if targets is None:
+                raise JepaFastError(f"{self.where}: episode {self.episodes} has no targets; every episode needs "
+                                    f"{', '.join(self.target_names)}")
+            t = np.asarray(targets, dtype=np.float32).reshape(m, T, self.K)
+            if not np.isfinite(t).all():
+                e = self.episodes + int(np.nonzero(~np.isfinite(t).all(axis=(1, 2)))[0][0])
+                raise JepaFastError(f"{self.where}: episode {e}: targets contain NaN or Inf; fix or drop them")
+            self._files["targets"].write(t.tobytes())
+        starts = self.frames + T * np.arange(m, dtype=np.int64)
+        self._files["starts"].write(starts.tobytes())
+        self.starts.extend(starts.tolist())
+        self.frames += m * T
 
     def _meta(self, n: int, actions, targets, skip: int = 0) -> None:
         actions = np.asarray(actions, dtype=np.float32).reshape(-1, self.A)
@@ -194,14 +226,16 @@ class StoreBuilder:
         new[starts[(starts >= first) & (starts < first + n)] - first] = True
         # a channel stays static only while every frame equals its episode's previous one: within a shard the
         # worker compares; across the boundary with the previous shard, here
-        last = self._last if self._last is not None else self._last_stored
-        if last is not None and not new[0]:  # as stored (quantised), like the worker's comparisons
-            q0 = quantize(buf[:1], self.scale, clip=self.limit is not None)[0]
-            self.static &= ~((q0 != last).reshape(self.C, -1).any(axis=1))
-        self._last = quantize(buf[n - 1:n], self.scale, clip=self.limit is not None)[0]
+        clip = self.limit is not None
+        if not new[0] and self.static.any():  # compared as stored (quantised), like the worker's comparisons
+            last = quantize(self._last, self.scale, clip=clip)[0] if self._last is not None else self._last_stored
+            if last is not None:
+                q0 = quantize(buf[:1], self.scale, clip=clip)[0]
+                self.static &= ~((q0 != last).reshape(self.C, -1).any(axis=1))
+        self._last = buf[n - 1:n].copy()  # quantised only if the next shard continues its episode
         self._last_stored = None
         fut = self._pool.submit(write_shard, self.path, s, buf, n, self.L, self.k, self.codec, self.scale,
-                                self.limit, first, new)
+                                self.limit, first, new, self.static.copy())
         self._pending.append((s, fut, buf))
         while not self._free:  # every buffer is in flight: wait for the oldest shard
             self._retire()
