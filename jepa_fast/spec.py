@@ -90,6 +90,34 @@ class DataSpec:
         return DataSpec(**kw, flips=flips)
 
 
+def flips_from_json(d, action_size: int, n_targets: int, where: str) -> dict[str, FlipRule]:
+    """Flip rules from their JSON form ({"lr": {"negate": [0], "mirror": [[0, 95.0]]}, "ud": ...}), checked
+    against the action size and the number of target components; ``where`` names the file in errors."""
+    from jepa_fast.errors import JepaFastError
+
+    hint = ('expected {"lr": {"negate": [action components], "mirror": [[target component, c], ...]}, "ud": ...}; '
+            "mirror maps t -> c - t")
+    if not isinstance(d, dict) or not set(d) <= {"lr", "ud"}:
+        raise JepaFastError(f"{where}: flips: {hint}")
+    out = {}
+    for name, rule in d.items():
+        if not isinstance(rule, dict) or not set(rule) <= {"negate", "mirror"}:
+            raise JepaFastError(f"{where}: flips.{name}: {hint}")
+        try:
+            negate = tuple(int(i) for i in rule.get("negate", ()))
+            mirror = tuple((int(k), float(c)) for k, c in rule.get("mirror", ()))
+        except (TypeError, ValueError):
+            raise JepaFastError(f"{where}: flips.{name}: {hint}") from None
+        if any(not 0 <= i < action_size for i in negate):
+            raise JepaFastError(f"{where}: flips.{name}.negate {list(negate)}: action components are "
+                                f"0..{action_size - 1}")
+        if any(not 0 <= k < n_targets for k, _ in mirror):
+            raise JepaFastError(f"{where}: flips.{name}.mirror: target components are 0..{n_targets - 1}"
+                                + ("" if n_targets else " (this data has no targets)"))
+        out[name] = FlipRule(negate, mirror)
+    return out
+
+
 def two_rooms_flips(size: int) -> dict[str, FlipRule]:
     """Two-rooms: a flip negates the action component along its axis and mirrors the location about it."""
     return {"lr": FlipRule(negate=(0,), mirror=((0, float(size - 1)),)),

@@ -170,6 +170,44 @@ def test_hdf5_flags_on_a_npy_folder_are_refused(episodes_raw, tmp_path, capsys):
     one_line(capsys, "--targets: chooses datasets of an HDF5 file")
 
 
+def test_meta_json_flip_rules_reach_the_store_and_flipped_batches(episodes_raw, tmp_path):
+    """A folder's meta.json flip rules become the store's: a flipped window's actions and targets follow them."""
+    from jepa_fast.config import AugmentConfig, DataConfig
+    from jepa_fast.data.loader import build_loader
+    from jepa_fast.data.split import SplitData
+
+    src = tmp_path / "raw"
+    shutil.copytree(episodes_raw, src)
+    (src / "meta.json").write_text(json.dumps({"flips": {"lr": {"negate": [0], "mirror": [[0, 23.0]]}}}))
+    pack_split(src, tmp_path / "s.zarr", progress=False)
+    data = SplitData(tmp_path / "s.zarr", 6)
+    assert data.spec.flips == {"lr": FlipRule((0,), ((0, 23.0),))}
+    cfg = DataConfig(batch_size=8, loader="torch", seq_len=6, augment=AugmentConfig(flip_lr=1.0))
+    batch = next(iter(build_loader(data, cfg, torch.device("cpu"))))
+    idx = batch.indices.numpy()
+    a, t = data.window_actions(idx), data.window_targets(idx)
+    np.testing.assert_array_equal(batch.actions.numpy()[..., 0], -a[..., 0])
+    np.testing.assert_array_equal(batch.actions.numpy()[..., 1:], a[..., 1:])
+    np.testing.assert_allclose(batch.targets.numpy()[..., 0], 23.0 - t[..., 0])
+    np.testing.assert_array_equal(batch.targets.numpy()[..., 1], t[..., 1])
+    np.testing.assert_array_equal(batch.states.numpy()[0], data.decode_window(int(idx[0]))[..., ::-1])
+
+
+@pytest.mark.parametrize("flips,needle", [
+    ({"lr": {"negate": [3]}}, "flips.lr.negate [3]: action components are 0..2"),
+    ({"lr": {"mirror": [[5, 1.0]]}}, "flips.lr.mirror: target components are 0..1"),
+    ({"diag": {}}, "flips: expected"),
+    ({"ud": {"negate": "x"}}, "flips.ud: expected"),
+])
+def test_bad_meta_json_flip_rules_are_one_line(episodes_raw, tmp_path, capsys, flips, needle):
+    src = tmp_path / "raw"
+    shutil.copytree(episodes_raw, src)
+    (src / "meta.json").write_text(json.dumps({"flips": flips}))
+    assert cli.main(["pack", str(src), str(tmp_path / "o.zarr"), "--no-progress"]) == 2
+    one_line(capsys, "meta.json: " + needle)
+    assert not (tmp_path / "o.zarr").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # the EpisodeWriter API
 
@@ -195,8 +233,13 @@ def test_episode_writer_round_trip_and_resume_after_a_crash(tmp_path):
     assert snapshot(tmp_path / "resumed.zarr") == snapshot(tmp_path / "whole.zarr")
     r = StoreReader(tmp_path / "whole.zarr")
     starts = r.episode_starts()
+    actions, targets = r.actions(), r.targets()
     for e, (x, a, t) in enumerate(eps):
-        np.testing.assert_array_equal(r.read_frames(int(starts[e]), len(x)), x)
+        s, n = int(starts[e]), len(x)
+        np.testing.assert_array_equal(r.read_frames(s, n), x)
+        np.testing.assert_array_equal(actions[s:s + n - 1], a[:n - 1])
+        assert not actions[s + n - 1].any()  # the last frame of an episode has no action
+        np.testing.assert_array_equal(targets[s:s + n], t)
     assert r.spec().static_channels == (False, False, True)
 
 

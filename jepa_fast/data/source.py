@@ -11,7 +11,8 @@ first) with their actions and targets. Sources:
     optional ``targets.npy`` (F, K), and ``episode_ends.npy`` (E,): the frame after each episode's last;
   - uint8 or float16/32/64 frames; an optional ``meta.json`` names channels and targets
     ({"channel_names": [...], "target_names": [...]}; "protocol": "generic" opts out of the two-rooms
-    recognition below);
+    recognition below) and says how flips transform actions and targets ("flips": {"lr": {"negate": [0],
+    "mirror": [[0, 95.0]]}, "ud": ...}: negate action components, map target component k to c - t);
 * HDF5 files in robomimic, Minari or D4RL layouts (``hdf5.py``; needs h5py);
 * anything else through the ``EpisodeWriter`` API (``episodes.py``).
 
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from jepa_fast.errors import JepaFastError
-from jepa_fast.spec import FlipRule, two_rooms_flips
+from jepa_fast.spec import FlipRule, flips_from_json, two_rooms_flips
 
 FRAME_DTYPES = (np.dtype(np.uint8), np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -187,10 +188,13 @@ class NpySource(EpisodeSource):
                                     f"{'channel' if key == 'channel_names' else 'target component'})")
         two_rooms = meta.get("protocol", "two-rooms") == "two-rooms" and (
             not self.flat and C == 2 and A == 2 and targets is not None and names == ("agent_x", "agent_y") and H == W)
+        flips = two_rooms_flips(W) if two_rooms else {}
+        if "flips" in meta:
+            flips = flips_from_json(meta["flips"], A, len(names), str(src / "meta.json"))
         super().__init__(src, lengths, (C, H, W), s_dtype, A, tuple(meta.get("target_names", names)),
                          tuple(meta.get("channel_names", ("agent", "walls") if two_rooms else
                                         tuple(f"c{c}" for c in range(C)))),
-                         two_rooms_flips(W) if two_rooms else {}, "two-rooms" if two_rooms else "generic")
+                         flips, "two-rooms" if two_rooms else "generic")
         self.actions, self.targets = actions, targets
         self._stops = np.cumsum(lengths)
         self._fh = None  # states.npy, opened on the first read
