@@ -119,7 +119,8 @@ class MetricLogger:
     def line(self, rec: dict) -> str:
         width = len(str(self.total))
         parts = [f"step {rec['step']:0{width}d}/{self.total}", f"loss {rec['loss']:.4f}",
-                 f"sim {rec['sim']:.4f} std {rec['std']:.4f} cov {rec['cov']:.4f} raw {rec['raw']:.4f}"]
+                 f"sim {rec['sim']:.4f} std {rec['std']:.4f} cov {rec['cov']:.4f} raw {rec['raw']:.4f}"
+                 + (f" idm {rec['idm']:.4f}" if "idm" in rec else "")]
         if "ms_per_step" in rec:
             parts += [f"{rec['ms_per_step']:.2f} ms", f"{rec['samples_per_s']:,.0f} samples/s",
                       f"{rec['frames_per_s']:,.0f} frames/s"]

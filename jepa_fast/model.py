@@ -21,6 +21,7 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from jepa_fast.config import ModelConfig
 from jepa_fast.errors import JepaFastError
@@ -92,6 +93,9 @@ class JEPA(nn.Module):
         self.predictor = nn.GRU(D + cfg.action_dim, cfg.hidden_dim, num_layers=cfg.gru_layers, batch_first=True,
                                 dropout=cfg.gru_dropout if cfg.gru_layers > 1 else 0.0)
         self.predictor_out = nn.Linear(cfg.hidden_dim, D)
+        # inverse dynamics (optional, training only): (s_t, s_{t+1}) -> a_t, normalised
+        self.idm = nn.Sequential(nn.Linear(2 * D, cfg.idm_hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(cfg.idm_hidden, spec.action_size)) if cfg.idm_hidden > 0 else None
         self.projector = nn.Sequential(nn.Linear(D, cfg.proj_dim), nn.ReLU(inplace=True), nn.Linear(cfg.proj_dim, D))
         # BYOL-style target projector: an EMA copy of the online one, never trained by gradients
         self.target_projector = copy.deepcopy(self.projector)
@@ -102,7 +106,32 @@ class JEPA(nn.Module):
         self.register_buffer("input_scale", torch.tensor(scale, dtype=torch.float32), persistent=True)
         self.register_buffer("input_shift", torch.tensor(shift, dtype=torch.float32), persistent=True)
         self.shifted = any(v != 0 for v in shift)  # the two-rooms data has none: no extra op in the step
+        # actions -> action embedding input: (a - action_shift) x action_scale, with the store's statistics
+        # (data of any scale, e.g. PushT's target positions in [0, 512]); two-rooms' raw (dx, dy) stay as they are
+        norm = action_normalisation(cfg, spec)
+        self.actions_normalised = norm is not None
+        if norm is not None:
+            self.register_buffer("action_shift", torch.tensor(norm[0], dtype=torch.float32), persistent=True)
+            self.register_buffer("action_scale", torch.tensor(norm[1], dtype=torch.float32), persistent=True)
         self._register_load_state_dict_pre_hook(_no_shift_before)
+
+    def normalise_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions (B, T-1, A) in the data's units -> what the action embedding takes (fp32)."""
+        a = actions.float()
+        if self.actions_normalised:
+            a = (a - self.action_shift) * self.action_scale
+        return a
+
+    def embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Actions (B, T-1, A) in the data's units -> their embeddings (B, T-1, action_dim), in fp32."""
+        return self.action_embed(self.normalise_actions(actions))
+
+    def inverse_dynamics_loss(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """MSE of the inverse-dynamics head's actions from (s_t, s_{t+1}) against the normalised actions."""
+        with _fp32(latents):
+            s = latents.float()
+            pred = self.idm(torch.cat([s[:, :-1], s[:, 1:]], dim=-1))  # (B, T-1, A)
+            return F.mse_loss(pred, self.normalise_actions(actions))
 
     # -- the one path from stored frames to latents ---------------------------------------------
     def encode_stored(self, states: torch.Tensor, scale: torch.Tensor, brightness: torch.Tensor | None = None,
@@ -146,7 +175,7 @@ class JEPA(nn.Module):
         """Latents s (B, T, D), actions (B, T-1, A) -> [s_0, one-step predictions from the true latents] (B, T, D)."""
         with _fp32(s):
             s = s.float()
-            a = self.action_embed(actions.float())  # (B, T-1, action_dim)
+            a = self.embed_actions(actions)  # (B, T-1, action_dim)
             out, _ = self.predictor(torch.cat([s[:, :-1], a], dim=-1))  # (B, T-1, hidden)
             pred = self.predictor_out(out)  # (B, T-1, D)
             if self.cfg.residual_predictor:
@@ -161,7 +190,7 @@ class JEPA(nn.Module):
         """
         with _fp32(s0):
             prev = s0.float()
-            a = self.action_embed(actions.float())  # (B, T-1, action_dim)
+            a = self.embed_actions(actions)  # (B, T-1, action_dim)
             preds, h = [prev], None
             for t in range(a.shape[1]):
                 out, h = self.predictor(torch.cat([prev, a[:, t]], dim=-1).unsqueeze(1), h)  # (B, 1, hidden)
@@ -254,7 +283,21 @@ def input_normalisation(cfg: ModelConfig, spec: DataSpec) -> tuple[list[float], 
     return list(spec.value_mean), [1.0 / s if s > 1e-12 else 1.0 for s in spec.value_std]
 
 
+def action_normalisation(cfg: ModelConfig, spec: DataSpec) -> tuple[list[float], list[float]] | None:
+    """(action_shift, action_scale) per component, or None (actions enter the embedding as they are).
+
+    With input normalisation from the store (``input_norm`` store, or auto on data other than two-rooms), the
+    actions are normalised too, by the store's per-component mean and std, when the store records them."""
+    mode = cfg.input_norm
+    if mode == "auto":
+        mode = "constant" if spec.protocol == "two-rooms" else "store"
+    if mode != "store" or not spec.action_mean or not spec.action_std:
+        return None
+    return list(spec.action_mean), [1.0 / s if s > 1e-12 else 1.0 for s in spec.action_std]
+
+
 def _no_shift_before(state_dict, prefix, *args) -> None:
-    """Checkpoints written before input shifts had none: zeros."""
+    """Checkpoints written before input shifts had none: zeros. (Checkpoints from before action normalisation
+    record a spec without action statistics, so their model has no action buffers: nothing to fill.)"""
     if prefix + "input_scale" in state_dict and prefix + "input_shift" not in state_dict:
         state_dict[prefix + "input_shift"] = torch.zeros_like(state_dict[prefix + "input_scale"])

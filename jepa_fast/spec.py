@@ -44,6 +44,10 @@ class DataSpec:
     """Per-channel mean of the frames in raw value units (the store's statistics; empty: unknown)."""
     value_std: tuple[float, ...] = ()
     """Per-channel standard deviation of the frames in raw value units."""
+    action_mean: tuple[float, ...] = ()
+    """Per-component mean of the actions (the store's statistics; empty: unknown)."""
+    action_std: tuple[float, ...] = ()
+    """Per-component standard deviation of the actions."""
     flips: dict[str, FlipRule] = field(default_factory=dict)
     """'lr' and/or 'ud' -> FlipRule; a flip without a rule is not allowed on this data."""
     protocol: str = "two-rooms"
@@ -64,6 +68,10 @@ class DataSpec:
                 raise JepaFastError(f"data spec: {name} has {len(getattr(self, name))} entries for {C} channels")
         if self.action_size < 1:
             raise JepaFastError(f"data spec: action size {self.action_size}; actions need >= 1 component")
+        for name in ("action_mean", "action_std"):
+            if getattr(self, name) and len(getattr(self, name)) != self.action_size:
+                raise JepaFastError(f"data spec: {name} has {len(getattr(self, name))} entries for actions of size "
+                                    f"{self.action_size}")
         if self.protocol not in ("two-rooms", "generic"):
             raise JepaFastError(f"data spec: protocol {self.protocol!r}: two-rooms or generic")
 

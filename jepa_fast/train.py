@@ -81,9 +81,13 @@ class ForwardLoss(nn.Module):
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor, scale: torch.Tensor, brightness: torch.Tensor,
                 noise_std: torch.Tensor) -> dict[str, torch.Tensor]:
-        latents = self.model.encode_stored(states, scale, brightness, noise_std, noise=self.noise)  # (B, T, D)
-        pred, latents, proj_pred, proj_target = self.model.predict_for_training(latents, actions, self.prediction)
-        return jepa_loss(pred, latents, proj_pred, proj_target, self.loss_cfg)
+        encoded = self.model.encode_stored(states, scale, brightness, noise_std, noise=self.noise)  # (B, T, D)
+        pred, latents, proj_pred, proj_target = self.model.predict_for_training(encoded, actions, self.prediction)
+        terms = jepa_loss(pred, latents, proj_pred, proj_target, self.loss_cfg)
+        if self.model.idm is not None:
+            terms["idm"] = self.model.inverse_dynamics_loss(encoded, actions)
+            terms["loss"] = terms["loss"] + self.loss_cfg.idm_coeff * terms["idm"]
+        return terms
 
 
 @dataclasses.dataclass

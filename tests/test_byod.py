@@ -133,8 +133,8 @@ def _bad_hdf5(path, case: str) -> dict:
 @pytest.mark.parametrize("case,needle", [
     ("missing_key", "/episode_0 has no dataset 'infos/nope' (it has: "),
     ("actions_rank", "/episode_1/actions has shape"),
-    ("nan_actions", "episode_2: actions"),
-    ("nan_targets", "episode_0: targets"),
+    ("nan_actions", "actions of episode /episode_2 contain NaN or Inf (step 1)"),
+    ("nan_targets", "targets infos/pos of episode /episode_0 contain NaN or Inf (step 0)"),
     ("shapes_differ", "episode /episode_1 has frames (20, 24, 3) but /episode_0 has (24, 24, 3)"),
     ("not_images", "observations/vector"),
     ("one_frame", "episode /episode_1 has 1 frame(s); an episode needs 2 or more"),
@@ -284,6 +284,60 @@ def test_store_normalisation_centres_the_input():
     assert torch.allclose(seen[0], torch.zeros_like(seen[0]), atol=1e-6)
     const = JEPA(model_preset("ours", input_norm="constant"), spec)
     assert not const.shifted and torch.equal(const.input_scale, torch.full((2,), model_preset("ours").input_scale))
+
+
+def test_store_statistics_normalise_the_actions():
+    """Actions of any scale (PushT: target positions in [0, 512]) reach the embedding normalised by the store's
+    statistics; with constant normalisation (and on two-rooms data) they enter as they are."""
+    import dataclasses
+
+    spec = dataclasses.replace(_spec(2, 2, [False, False], mean=[100.0, 20.0], std=[4.0, 5.0]),
+                               action_mean=(250.0, -3.0), action_std=(100.0, 0.5))
+    m = JEPA(model_preset("ours"), spec).eval()
+    seen = []
+    m.action_embed.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].clone()))
+    m.embed_actions(torch.tensor([[[350.0, -2.0]]]))
+    torch.testing.assert_close(seen[-1], torch.tensor([[[1.0, 2.0]]]))
+    const = JEPA(model_preset("ours", input_norm="constant"), spec)
+    assert not const.actions_normalised and "action_shift" not in const.state_dict()
+    assert not JEPA(model_preset("ours")).actions_normalised  # two-rooms: the course project's inputs
+    # the statistics travel with the model: a checkpoint's spec rebuilds the same normalisation
+    again = JEPA(model_preset("ours"), DataSpec.from_dict(spec.to_dict()))
+    again.load_state_dict(m.state_dict())
+    torch.testing.assert_close(again.action_scale, torch.tensor([0.01, 2.0]))
+
+
+def test_the_inverse_dynamics_head_trains_the_encoder_on_the_actions():
+    """model.idm_hidden adds a head predicting each normalised action from (s_t, s_t+1); its MSE enters the loss
+    with loss.idm_coeff and its gradient reaches the encoder. Off (0) it adds no parameter and no term."""
+    import dataclasses
+
+    from jepa_fast.config import LossConfig
+    from jepa_fast.train import ForwardLoss
+
+    spec = dataclasses.replace(_spec(2, 2, [False, False], mean=[100.0, 20.0], std=[4.0, 5.0]),
+                               action_mean=(250.0, -3.0), action_std=(100.0, 0.5))
+    torch.manual_seed(0)
+    plain = JEPA(model_preset("ours"), spec)
+    torch.manual_seed(0)
+    m = JEPA(model_preset("ours", idm_hidden=16), spec)
+    assert count_parameters(m) - count_parameters(plain) == (2 * m.repr_dim * 16 + 16) + (16 * 2 + 2)
+    states = torch.randint(0, 255, (4, 5, 2, 24, 24), dtype=torch.uint8)
+    actions = torch.randn(4, 4, 2) * 100 + 250
+    args = (states, actions, torch.ones(2), torch.ones(4), torch.zeros(4))
+    terms = ForwardLoss(m, LossConfig(idm_coeff=2.0), "rollout")(*args)
+    without = {k: v for k, v in terms.items() if k not in ("loss", "idm")}
+    base = LossConfig()
+    expect = (base.sim_coeff * without["sim"] + base.std_coeff * without["std"] + base.cov_coeff * without["cov"]
+              + base.raw_coeff * without["raw"] + 2.0 * terms["idm"])
+    torch.testing.assert_close(terms["loss"], expect)
+    m.zero_grad()
+    terms["idm"].backward()
+    assert m.encoder.branches[0].convs[0].weight.grad.abs().sum() > 0
+    assert "idm" not in ForwardLoss(plain, base, "rollout")(*args)
+    assert JEPA(model_preset("ours")).idm is None and count_parameters(JEPA(model_preset("ours"))) == 477_664
+    with pytest.raises(JepaFastError, match="model.idm_hidden"):
+        model_preset("ours", idm_hidden=-1)
 
 
 def test_two_rooms_keeps_the_course_projects_model():

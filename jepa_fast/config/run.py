@@ -136,6 +136,12 @@ class ModelConfig:
     """Input normalisation per channel: 'constant' (value x ``input_scale``: the two-rooms presets, so the
     published numbers hold), 'store' ((value - mean) / std with the store's per-channel statistics, for
     any other data), 'auto' (constant for two-rooms stores, store otherwise)."""
+    idm_hidden: int = 0
+    """Hidden width of an inverse-dynamics head (an MLP predicting each action from the latents before and
+    after it, trained with weight ``loss.idm_coeff``); 0 = none (the two-rooms presets: the course project's
+    parameters). It makes the encoder keep what the actions move: on data where much of the frame varies
+    between episodes but not within them (PushT's block and table), VICReg alone is satisfied by that and
+    can drop the small agent."""
     input_scale: float = TWO_ROOMS_INPUT_SCALE
     """Multiplies raw frame values before the encoder. The default, 2 pi sigma^2 = 10.6186 for the
     simulator's dot (sigma 1.3), is 1 / the two-rooms pixel peak: it maps the agent's peak and the
@@ -146,6 +152,7 @@ class ModelConfig:
               f"model.encoder_widths={self.encoder_widths}: need one or more positive widths")
         at_least(self, "model", 1, "action_dim", "hidden_dim", "gru_layers", "proj_dim")
         at_least(self, "model", 2, "repr_dim")
+        at_least(self, "model", 0, "idm_hidden")
         check(0 <= self.gru_dropout < 1, f"model.gru_dropout={self.gru_dropout}: must be in [0, 1)")
         check(self.input_scale > 0, f"model.input_scale={self.input_scale}: must be > 0")
         one_of(self, "model", "input_norm", ("auto", "constant", "store"))
@@ -176,6 +183,8 @@ class LossConfig:
     """Weight of the off-diagonal covariance penalty (summed over both branches)."""
     raw_coeff: float = 1.0
     """Weight of MSE(predicted latents, encoder latents)."""
+    idm_coeff: float = 1.0
+    """Weight of the inverse-dynamics MSE (normalised actions), when the model has a head (model.idm_hidden)."""
     std_target: float = 1.0
     """gamma of the hinge relu(gamma - std)."""
     std_eps: float = 1e-4
@@ -184,7 +193,7 @@ class LossConfig:
     """'torch' (plain reference) or 'triton' (fused kernels; falls back to torch where Triton cannot run)."""
 
     def __post_init__(self) -> None:
-        at_least(self, "loss", 0, "sim_coeff", "std_coeff", "cov_coeff", "raw_coeff", "std_eps")
+        at_least(self, "loss", 0, "sim_coeff", "std_coeff", "cov_coeff", "raw_coeff", "idm_coeff", "std_eps")
         check(self.std_target > 0, f"loss.std_target={self.std_target}: must be > 0")
         one_of(self, "loss", "impl", ("torch", "triton"))
 

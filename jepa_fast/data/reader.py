@@ -366,6 +366,7 @@ class StoreReader:
                 "static_channels": a.get("static_channels") or [False] * self.C,
                 "target_names": a.get("target_names") or [], "value_mean": stats.get("value_mean") or [],
                 "value_std": stats.get("value_std") or [], "flips": a.get("flips") or {},
+                "action_mean": stats.get("action_mean") or [], "action_std": stats.get("action_std") or [],
                 "protocol": a.get("protocol", "generic")})
         return DataSpec(channels=self.C, height=self.H, width=self.W, flips=two_rooms_flips(self.W),
                         static_channels=(False, bool(a.get("walls_static"))))
