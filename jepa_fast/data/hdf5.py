@@ -127,12 +127,13 @@ class Hdf5Source(EpisodeSource):
 
     def _dataset(self, path: Path, group, key: str):
         h5py = _h5py()
-        if key not in group or not isinstance(group[key], h5py.Dataset):
+        d = group.get(key)
+        if not isinstance(d, h5py.Dataset):
             keys = []
             group.visititems(lambda n, o: keys.append(n) if isinstance(o, h5py.Dataset) else None)
             raise JepaFastError(f"{path}: {group.name} has no dataset {key!r} (it has: {', '.join(keys[:8])}); "
                                 "choose the keys with --frames/--actions/--targets")
-        return group[key]
+        return d
 
     def _flat_lengths(self, path: Path, F: int) -> list[int]:
         ends = np.zeros(F, bool)
@@ -151,8 +152,10 @@ class Hdf5Source(EpisodeSource):
         return self._groups[e].name if self._groups is not None else str(e)
 
     def _check_arrays(self, path: Path, lengths: np.ndarray) -> tuple[int, int]:
-        """Action size and target size; every episode's actions and targets have the right rank and length."""
+        """Action size and target size; every episode's actions and targets have the right rank and length. The
+        actions and targets are kept (they are small next to the frames): ``read`` takes them from here."""
         A = K = None
+        self._actions, self._targets = [], []
         for e in range(len(lengths)):
             g, sl = self._parts_of(e, lengths)
             n = int(lengths[e])
@@ -162,15 +165,21 @@ class Hdf5Source(EpisodeSource):
                 raise JepaFastError(f"{path}: {g.name}/{self._actions_key} has shape {a.shape}; expected ({n - 1}, A) "
                                     f"or ({n}, A) for {n} frames")
             A = A or (a.shape[1] if a.ndim == 2 else 1)
-            check_finite(np.asarray(a[sl]), "actions", f"{path}:{self._name(e)}")
-            k = 0
+            act = np.asarray(a[sl], dtype=np.float32)
+            check_finite(act, "actions", path, episode=self._name(e))
+            self._actions.append(act.reshape(len(act), -1))
+            k, parts = 0, []
             for key in self._target_keys:
                 t = self._dataset(path, g, key)
                 if t.ndim not in (1, 2) or (self._groups is not None and t.shape[0] != n):
                     raise JepaFastError(f"{path}: {g.name}/{key} has shape {t.shape}; expected ({n}, K) or ({n},): "
                                         "one target per frame")
-                check_finite(np.asarray(t[sl]), "targets", f"{path}:{self._name(e)}")
+                values = np.asarray(t[sl], dtype=np.float32)
+                check_finite(values, f"targets {key}", path, episode=self._name(e))
+                parts.append(values.reshape(n, -1))
                 k += t.shape[1] if t.ndim == 2 else 1
+            if parts:
+                self._targets.append(np.concatenate(parts, axis=1))
             K = k
         return int(A), int(K)
 
@@ -202,11 +211,9 @@ class Hdf5Source(EpisodeSource):
             n = int(self.lengths[e])
             x = np.asarray(g[self._frames_key][sl])
             out[a:a + n] = np.moveaxis(x, -1, 1) if self.channels_last else (x[:, None] if x.ndim == 3 else x)
-            act = np.asarray(g[self._actions_key][sl], dtype=np.float32)
-            actions.append(act.reshape(len(act), -1))
+            actions.append(self._actions[e])
             if targets is not None:
-                targets.append(np.concatenate([np.asarray(g[k][sl], np.float32).reshape(n, -1)
-                                               for k in self._target_keys], axis=1))
+                targets.append(self._targets[e])
             a += n
         return out[:total], actions, targets
 

@@ -89,11 +89,16 @@ def frame_layout(shape: tuple, where: Path, channels: str = "auto") -> tuple[tup
     return (C, H, W), last
 
 
-def check_finite(a: np.ndarray, what: str, where: Path, lengths: np.ndarray | None = None) -> None:
-    """Refuse NaN/Inf in actions or targets, naming the first episode that holds one."""
+def check_finite(a: np.ndarray, what: str, where: Path | str, lengths: np.ndarray | None = None,
+                 episode: str | None = None) -> None:
+    """Refuse NaN/Inf in actions or targets, naming the first episode that holds one: ``a`` holds episodes of
+    ``lengths`` frames back to back, or is one per row (fixed length), or is the one ``episode`` named."""
     bad = ~np.isfinite(np.asarray(a, dtype=np.float64)).reshape(len(a), -1).all(axis=1)
     if bad.any():
         i = int(np.nonzero(bad)[0][0])
+        if episode is not None:
+            raise JepaFastError(f"{where}: {what} of episode {episode} contain NaN or Inf (step {i}); fix or drop "
+                                "that episode")
         ep = i if lengths is None else int(np.searchsorted(np.cumsum(lengths), i, side="right"))
         raise JepaFastError(f"{where}: {what} of episode {ep} contain NaN or Inf; fix or drop that episode")
 
