@@ -364,9 +364,8 @@ class StoreReader:
                 "channels": self.C, "height": self.H, "width": self.W, "action_size": a["action_size"],
                 "channel_names": a.get("channel_names") or [f"c{c}" for c in range(self.C)],
                 "static_channels": a.get("static_channels") or [False] * self.C,
-                "target_names": a.get("target_names") or [], "value_mean": stats.get("value_mean") or [],
-                "value_std": stats.get("value_std") or [], "flips": a.get("flips") or {},
-                "action_mean": stats.get("action_mean") or [], "action_std": stats.get("action_std") or [],
+                "target_names": a.get("target_names") or [], "flips": a.get("flips") or {},
+                **{k: stats.get(k) or [] for k in ("value_mean", "value_std", "action_mean", "action_std")},
                 "protocol": a.get("protocol", "generic")})
         return DataSpec(channels=self.C, height=self.H, width=self.W, flips=two_rooms_flips(self.W),
                         static_channels=(False, bool(a.get("walls_static"))))
