@@ -87,7 +87,8 @@ def probe_both(run_dir: Path, packed: Path, cfg: ProbeConfig, seed: int) -> tupl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-episodes", type=int, default=400)
-    ap.add_argument("--probe-episodes", type=int, nargs=2, default=(160, 80), metavar=("TRAIN", "VAL"))
+    ap.add_argument("--probe-episodes", type=int, nargs=2, default=(1000, 80), metavar=("TRAIN", "VAL"),
+                    help="episodes of probe/train and probe/val (the prober needs many: with 240 it was data-starved)")
     ap.add_argument("--steps", type=int, default=600, help="training steps of batch 64 (both datasets' speed "
                     "is measured on the first --speed-steps)")
     ap.add_argument("--speed-steps", type=int, default=40, help="steps of the side-by-side training speed runs")
