@@ -272,15 +272,13 @@ def input_normalisation(cfg: ModelConfig, spec: DataSpec) -> tuple[list[float], 
 
     'constant' (the two-rooms presets, so the published numbers hold): shift 0, scale ``cfg.input_scale``;
     'store': the store's per-channel mean and 1 / std; 'auto': constant for the two-rooms data, else store."""
-    mode = cfg.input_norm
-    if mode == "auto":
-        mode = "constant" if spec.protocol == "two-rooms" else "store"
+    mode = _norm_mode(cfg, spec)
     if mode == "constant":
         return [0.0] * spec.channels, [cfg.input_scale] * spec.channels
     if not spec.value_mean or not spec.value_std:
         raise JepaFastError("model.input_norm=store: the store records no value statistics (packed by an older "
                             "version?); re-pack it, or set model.input_norm=constant and model.input_scale")
-    return list(spec.value_mean), [1.0 / s if s > 1e-12 else 1.0 for s in spec.value_std]
+    return list(spec.value_mean), _inverse(spec.value_std)
 
 
 def action_normalisation(cfg: ModelConfig, spec: DataSpec) -> tuple[list[float], list[float]] | None:
@@ -288,12 +286,21 @@ def action_normalisation(cfg: ModelConfig, spec: DataSpec) -> tuple[list[float],
 
     With input normalisation from the store (``input_norm`` store, or auto on data other than two-rooms), the
     actions are normalised too, by the store's per-component mean and std, when the store records them."""
-    mode = cfg.input_norm
-    if mode == "auto":
-        mode = "constant" if spec.protocol == "two-rooms" else "store"
-    if mode != "store" or not spec.action_mean or not spec.action_std:
+    if _norm_mode(cfg, spec) != "store" or not spec.action_mean or not spec.action_std:
         return None
-    return list(spec.action_mean), [1.0 / s if s > 1e-12 else 1.0 for s in spec.action_std]
+    return list(spec.action_mean), _inverse(spec.action_std)
+
+
+def _norm_mode(cfg: ModelConfig, spec: DataSpec) -> str:
+    """``model.input_norm`` resolved for this data: 'auto' is constant for two-rooms, store otherwise."""
+    if cfg.input_norm == "auto":
+        return "constant" if spec.protocol == "two-rooms" else "store"
+    return cfg.input_norm
+
+
+def _inverse(stds) -> list[float]:
+    """1 / std per component (1 where a component never varies)."""
+    return [1.0 / s if s > 1e-12 else 1.0 for s in stds]
 
 
 def _no_shift_before(state_dict, prefix, *args) -> None:
