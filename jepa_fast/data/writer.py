@@ -152,7 +152,8 @@ class StoreBuilder:
         lengths = [int(n) for n in lengths]
         if isinstance(actions, np.ndarray) and actions.ndim == 3 and len(set(lengths)) == 1:
             m, T = len(lengths), lengths[0]
-            self._meta_block(m, T, actions, targets)
+            self._meta_block(m, T, np.asarray(actions, dtype=np.float32), targets)
+            self.frames += m * T
         else:
             for j, n in enumerate(lengths):
                 self._meta(n, actions[j], None if targets is None else targets[j])
@@ -161,17 +162,18 @@ class StoreBuilder:
         if self._fill == self.shard_frames:
             self._submit()
 
-    def _meta_block(self, m: int, T: int, actions: np.ndarray, targets) -> None:
-        """``_meta`` of m episodes of T frames at once (the fixed-length fast path)."""
-        if actions.shape[1] not in (T - 1, T) or actions.shape[2] != self.A:
-            raise JepaFastError(f"{self.where}: episode {self.episodes} has {T} frames but actions of shape "
-                                f"{actions.shape[1:]}; expected ({T - 1}, {self.A})")
+    def _meta_block(self, m: int, T: int, actions: np.ndarray, targets, skip: int = 0) -> None:
+        """Record m episodes of T frames: actions (m, T - 1 or T, A), targets (m, T, K) or None. ``skip``
+        (resume, m = 1): the frames of the episode that the written shards already hold."""
+        if actions.shape[1] not in (T - 1, T):
+            raise JepaFastError(f"{self.where}: episode {self.episodes} has {T} frames but {actions.shape[1]} actions; "
+                                f"expected {T - 1} (one between consecutive frames) or {T}")
         full = np.zeros((m, T, self.A), np.float32)
         full[:, :T - 1] = actions[:, :T - 1]
         if not np.isfinite(full).all():
             e = self.episodes + int(np.nonzero(~np.isfinite(full).all(axis=(1, 2)))[0][0])
             raise JepaFastError(f"{self.where}: episode {e}: actions contain NaN or Inf; fix or drop them")
-        self._files["actions"].write(full.tobytes())
+        self._files["actions"].write(full[:, skip:].tobytes())
         if self.K:
             if targets is None:
                 raise JepaFastError(f"{self.where}: episode {self.episodes} has no targets; every episode needs "
@@ -180,34 +182,16 @@ class StoreBuilder:
             if not np.isfinite(t).all():
                 e = self.episodes + int(np.nonzero(~np.isfinite(t).all(axis=(1, 2)))[0][0])
                 raise JepaFastError(f"{self.where}: episode {e}: targets contain NaN or Inf; fix or drop them")
-            self._files["targets"].write(t.tobytes())
-        starts = self.frames + T * np.arange(m, dtype=np.int64)
-        self._files["starts"].write(starts.tobytes())
-        self.starts.extend(starts.tolist())
-        self.frames += m * T
+            self._files["targets"].write(t[:, skip:].tobytes())
+        if not skip:
+            starts = self.frames + T * np.arange(m, dtype=np.int64)
+            self._files["starts"].write(starts.tobytes())
+            self.starts.extend(starts.tolist())
 
     def _meta(self, n: int, actions, targets, skip: int = 0) -> None:
-        actions = np.asarray(actions, dtype=np.float32).reshape(-1, self.A)
-        if len(actions) not in (n - 1, n):
-            raise JepaFastError(f"{self.where}: episode {self.episodes} has {n} frames but {len(actions)} actions; "
-                                f"expected {n - 1} (one between consecutive frames) or {n}")
-        full = np.zeros((n, self.A), np.float32)
-        full[:min(len(actions), n - 1)] = actions[:n - 1]
-        if not np.isfinite(full).all():
-            raise JepaFastError(f"{self.where}: episode {self.episodes}: actions contain NaN or Inf; fix or drop them")
-        self._files["actions"].write(full[skip:].tobytes())
-        if self.K:
-            t = np.asarray(targets, dtype=np.float32).reshape(n, self.K) if targets is not None else None
-            if t is None:
-                raise JepaFastError(f"{self.where}: episode {self.episodes} has no targets; every episode needs "
-                                    f"{', '.join(self.target_names)}")
-            if not np.isfinite(t).all():
-                raise JepaFastError(f"{self.where}: episode {self.episodes}: targets contain NaN or Inf; fix or "
-                                    "drop them")
-            self._files["targets"].write(t[skip:].tobytes())
-        if not skip:
-            self._files["starts"].write(np.int64(self.frames).tobytes())
-            self.starts.append(self.frames)
+        """Record one episode of n frames (actions (n - 1 or n, A), targets (n, K) or None)."""
+        actions = np.asarray(actions, dtype=np.float32).reshape(1, -1, self.A)
+        self._meta_block(1, n, actions, None if targets is None else np.asarray(targets), skip)
 
     @property
     def episodes(self) -> int:
