@@ -10,11 +10,16 @@ from jepa_fast.sim.generate import generate_dataset
 
 
 def packed_dataset(work: Path, preset: str = "small", seed: int = 0) -> Path:
-    """Simulate the ``preset`` dataset into work/raw and pack it into work/packed; returns the packed root."""
+    """Simulate the ``preset`` dataset into work/raw and pack it into work/packed; returns the packed root.
+    The full-size dataset (108 GB as float32 .npy) is simulated straight into the packed stores instead."""
     raw, packed = Path(work) / "raw", Path(work) / "packed"
     if not (packed / "dataset.json").exists():
-        generate_dataset(raw, dataset_preset(preset), SimConfig(), seed=seed, overwrite=True, progress=False)
-        pack_path(raw, packed, overwrite=True, progress=False)
+        if preset == "full":
+            generate_dataset(packed, dataset_preset(preset), SimConfig(), seed=seed, overwrite=True, progress=False,
+                             fmt="zarr")
+        else:
+            generate_dataset(raw, dataset_preset(preset), SimConfig(), seed=seed, overwrite=True, progress=False)
+            pack_path(raw, packed, overwrite=True, progress=False)
     return packed
 
 

@@ -1,6 +1,7 @@
 """Probe quality: the reference preset vs our default preset, same data, frame budget and seed.
 
     python -m bench.bench_quality [--budget cpu|gpu] [--seed 0]
+    python -m bench.bench_quality --ladder [--budgets 0.3M,1M,2.5M,3.75M] [--seeds 0] [--keep runs/ladder]
 
 Simulates one dataset, packs it, trains the ``reference`` and ``ours`` recipes (same model size,
 477,664 parameters; same frames seen, same seed), probes both with the original protocol and prints
@@ -10,11 +11,20 @@ batch 512, the recipe as published.
 
 Target: ours beats the reference on all four sets; the last line carries, per set,
 ``<set>_reference_vs_ours`` = reference MSE / our MSE (> 1 means ours is better).
+
+``--ladder`` (``bench/ladder.py``): ``ours`` and ``reference`` at each training budget in frames, same seeds,
+on the full-size simulated dataset of seed 7 (train split and the four probe sets), each rung probed with
+the original protocol; the course project's published weights are the bar. Prints the table, writes
+``ladder.png`` (probe MSE vs frames per set) and ``ladder.json`` into the work folder, and ends with the
+JSON line: per rung and set the MSE, ``published_vs_ours_<budget>_<set>`` (> 1: ours is better), and the
+goal, ours beating the published weights on all four sets with <= 3.75M frames. Rungs are resumable: run
+the same command again after an interruption.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -24,6 +34,7 @@ import torch
 
 from bench._data import packed_dataset
 from bench.common import header, print_json, print_table
+from jepa_fast import atomic
 from jepa_fast.config import apply_overrides, run_preset
 from jepa_fast.model import count_parameters
 from jepa_fast.probe import CHANCE, REFERENCE, VAL_SETS, probe_model
@@ -42,7 +53,19 @@ def main() -> None:
     ap.add_argument("--ours-only", action="store_true",
                     help="train only our recipe and compare it with the course project's published weights probed on "
                     "our sets (the GPU acceptance run's last stage)")
+    ap.add_argument("--ladder", action="store_true", help="the budget ladder (see above)")
+    ap.add_argument("--budgets", default="0.3M,1M,2.5M,3.75M", help="ladder: training frames per rung")
+    ap.add_argument("--seeds", default="0", help="ladder: comma-separated training seeds")
+    ap.add_argument("--presets", default="ours,reference", help="ladder: run presets to climb it")
+    ap.add_argument("--data-seed", type=int, default=7, help="ladder: seed of the full-size simulated dataset")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="ladder: config overrides for every rung (a recipe under test; recorded per rung)")
+    ap.add_argument("--published", type=Path, default=None, metavar="WEIGHTS",
+                    help="ladder: probe the course project's model_weights.pth on the same sets for the bar "
+                    "(default: its figures measured that way, bench/ladder.py PUBLISHED_PROBED)")
     args = ap.parse_args()
+    if args.ladder:
+        return run_ladder(args)
     header("bench_quality: reference preset vs ours, probed with the original protocol")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     budget = args.budget or ("gpu" if device.type == "cuda" else "cpu")
@@ -94,6 +117,55 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def run_ladder(args) -> None:
+    from bench import ladder
+    from jepa_fast.cli.run import frame_count
+    from jepa_fast.errors import JepaFastError
+
+    header("bench_quality --ladder: probe MSE vs training frames, ours and the reference recipe")
+    try:
+        budgets = [frame_count(b) for b in args.budgets.split(",")]
+    except JepaFastError as e:
+        raise SystemExit(f"error: --budgets: {e}") from None
+    seeds = [int(s) for s in args.seeds.split(",")]
+    presets = args.presets.split(",")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    work = args.keep or Path("runs/ladder")
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    packed = packed_dataset(work, "full", seed=args.data_seed)
+    print(f"data: full-size simulated dataset, seed {args.data_seed}, in {work} ({time.perf_counter() - t:.0f} s)")
+    published = dict(ladder.PUBLISHED_PROBED)
+    if args.published is not None:
+        from jepa_fast.probe import load_checkpoint_model
+        from jepa_fast.reference import import_reference
+
+        run = import_reference(args.published, work / "published", overwrite=True)  # as import-reference does
+        published = probe_model(load_checkpoint_model(run, device)[0], packed, device=device)["losses"]
+    records = []
+    for budget in budgets:
+        for preset in presets:
+            for seed in seeds:
+                rec = ladder.rung(packed, work, preset, budget, seed, device, args.set)
+                print(f"{preset} {ladder.label(budget)} seed {seed}: {rec['steps']} steps, {rec['train_s']:.0f} s, "
+                      + ", ".join(f"{k} {rec[k]:.2f}" for k in VAL_SETS), flush=True)
+                records.append(rec)
+    rows, fig = ladder.summarise(records, published)
+    print(f"\nprobe MSE (pixels^2, lower is better; mean over seeds, range in brackets), device {device}\n")
+    print_table(rows, ["preset", "frames", "seeds", "train s", *VAL_SETS])
+    g = ladder.goal(records, published, presets[0])
+    ladder.plot(records, published, work / "ladder.png")
+    summary = {"records": records, "published": published, "goal": g, "overrides": args.set}
+    atomic.atomic_write_text(work / "ladder.json", json.dumps(summary, indent=1))
+    verdict = "MET" if g["met"] else "NOT MET"
+    print(f"\n{presets[0]} beats the published weights on all four sets with <= 3.75M frames: {verdict} "
+          f"(budget {ladder.label(g['budget']) if g['budget'] else '-'}: worst set {g.get('worst_set')} at "
+          f"{g.get('worst_ratio')}x the published MSE); plot: {work / 'ladder.png'}")
+    print_json({"bench": "quality_ladder", "device": str(device), "seeds": seeds, "data_seed": args.data_seed,
+                "budgets": budgets, "overrides": args.set, **fig, "goal_met": g["met"],
+                "goal_budget": g["budget"], "goal_worst_ratio": g.get("worst_ratio")})
 
 
 if __name__ == "__main__":

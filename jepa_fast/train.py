@@ -31,7 +31,7 @@ import torch.nn as nn
 from jepa_fast import atomic, hardware, lock
 from jepa_fast import checkpoint as ckpt
 from jepa_fast import metrics as metrics_mod
-from jepa_fast.config import LossConfig, RunConfig, flat_config, to_dict
+from jepa_fast.config import LossConfig, RunConfig, TrainConfig, flat_config, to_dict
 from jepa_fast.data.batch import Batch
 from jepa_fast.data.loader import build_loader
 from jepa_fast.data.split import SplitData
@@ -54,6 +54,24 @@ def resolve_store(data: Path) -> Path:
         return data / "train.zarr"
     raise JepaFastError(f"{data}: neither a packed store nor a packed dataset root with train.zarr; "
                         "create it with jepa-fast pack")
+
+
+def _count(n: int) -> str:
+    """A frame count as people write budgets: 3.75M, 300k, 950."""
+    for div, unit in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def total_steps(cfg: TrainConfig, frames_per_step: int, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: ``max_steps``, else the ``frames`` budget over the frames one step
+    takes (batch x processes x frames per window, rounded up), else ``epochs`` x steps per epoch."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    if cfg.frames > 0:
+        return -(-cfg.frames // frames_per_step)
+    return cfg.epochs * steps_per_epoch
 
 
 def cosine_schedule(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -188,16 +206,17 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
         check_frames(run.model, split.H, split.W, store)
         loader = build_loader(split, run.data, device, rank=rank, world_size=world)
         machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once
-        t, tb = _setup(run, split.spec, out, loader, world, device, machine, init)
+        t, tb = _setup(run, split.spec, out, loader, split.T, world, device, machine, init)
         t.data = {"store": str(store.resolve()), "fingerprint": split.reader.fingerprint(), "n": split.n}
         if resume:
             _restore(t, out, loader, rank, world, machine, other_data)
         try:
             tb = _claim_output(t, out, resume, overwrite, machine, tb)
+            frames_per_step = run.data.batch_size * split.T * world
             if t.accelerator.is_main_process:
                 print(f"jepa-fast train | {count_parameters(t.model):,} params | {store} ({split.summary}) | "
                       f"loader {loader.mode} | {world} process(es) on {device.type} | {machine.header()} | "
-                      f"{t.total} steps ({len(loader)}/epoch)")
+                      f"{t.total} steps ({len(loader)}/epoch) = {_count(t.total * frames_per_step)} frames")
             return _loop(t, loader, split, out, machine, tb, world, device, stop_at_step, progress, profile)
         except BaseException:
             if t.replaced is not None:  # failed before its first checkpoint: the run it was to replace comes back
@@ -263,8 +282,10 @@ def _loop(t: Training, loader, split: SplitData, out: Path, machine: hardware.Re
     if is_main:
         plot_losses(out / "metrics.jsonl", out / "loss.png")
         why = {"SIGTERM": " (SIGTERM: checkpoint saved, exiting cleanly)", "stop_at_step": " (stopped early)"}
-        print(f"finished at step {t.step}{why.get(stop_reason, '')}: {final} | {seconds:.1f} s")
-    return {"step": t.step, "checkpoint": str(final) if final else None, "seconds": seconds,
+        frames = _count(t.step * run.data.batch_size * split.T * world)
+        print(f"finished at step {t.step} ({frames} frames){why.get(stop_reason, '')}: {final} | {seconds:.1f} s")
+    return {"step": t.step, "frames": t.step * run.data.batch_size * split.T * world,
+            "checkpoint": str(final) if final else None, "seconds": seconds,
             "params": count_parameters(t.model), "stop": stop_reason, "compile_s": compile_s, "last": metrics.last,
             "loader": loader.mode, "model": t.model, "resolved": machine.as_dict()}
 
@@ -300,7 +321,7 @@ def _with_init_model(run: RunConfig, init: Path, spec: DataSpec, store: Path) ->
     return dataclasses.replace(run, model=model_cfg)
 
 
-def _setup(run: RunConfig, spec: DataSpec, out: Path, loader, world: int, device: torch.device,
+def _setup(run: RunConfig, spec: DataSpec, out: Path, loader, window: int, world: int, device: torch.device,
            machine: hardware.Resolved, init: Path | None) -> tuple[Training, bool]:
     """Accelerate, the model and optimizer (restored from the latest checkpoint on resume), the compiled step."""
     from accelerate import Accelerator
@@ -329,7 +350,7 @@ def _setup(run: RunConfig, spec: DataSpec, out: Path, loader, world: int, device
     step_module = ForwardLoss(model, run.loss, run.train.prediction, noise=run.data.augment.noise_p > 0)
     # prepare wraps the module for DDP (several processes) and its forward in autocast (mixed precision)
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
-    total = run.train.max_steps if run.train.max_steps > 0 else run.train.epochs * len(loader)
+    total = total_steps(run.train, run.data.batch_size * world * window, len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_schedule(s, total, run.train.warmup_steps, run.train.min_lr_ratio))
     t = Training(run, model, step_module, optimizer, scheduler, accelerator, params, total)

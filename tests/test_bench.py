@@ -27,3 +27,47 @@ def test_bench_train_refuses_windows_that_do_not_divide_the_steps():
 
     with pytest.raises(SystemExit):
         bench_train.main(["--steps", "7", "--window", "2"])
+
+
+def test_ladder_rungs_resume_are_read_back_and_the_goal_is_the_smallest_budget_that_beats_all(tiny_packed, tmp_path):
+    import json
+
+    import torch
+
+    from bench import ladder
+    from jepa_fast import checkpoint as ckpt
+    from jepa_fast.data.split import SplitData
+
+    T = SplitData(tiny_packed / "train.zarr").T
+    frames = 16 * T * 4  # 4 steps of the tiny preset's batch 16
+    cpu = torch.device("cpu")
+    out = tmp_path / "runs" / f"tiny-{ladder.label(frames)}-s0"
+    # an interrupted rung: a checkpoint at step 2 of 4, no rung.json
+    from jepa_fast.config import apply_overrides, run_preset
+    from jepa_fast.train import train
+
+    run = apply_overrides(run_preset("tiny"), ["train.seed=0", "data.seed=0", "train.max_steps=-1",
+                                               f"train.frames={frames}", "train.save_every=100"])
+    train(run, tiny_packed, out, stop_at_step=2, progress=False)
+    rec = ladder.rung(tiny_packed, tmp_path, "tiny", frames, 0, cpu)
+    assert rec["steps"] == 4 and rec["frames"] == frames  # resumed to the budget, not restarted past it
+    assert ckpt.load(ckpt.latest(out), 0)[0]["step"] == 4
+    assert json.loads((out / "rung.json").read_text()) == rec
+    (out / "rung.json").write_text(json.dumps({**rec, "probe_normal": -1.0}))
+    assert ladder.rung(tiny_packed, tmp_path, "tiny", frames, 0, cpu)["probe_normal"] == -1.0  # read back
+
+    pub = {"probe_normal": 4.0, "probe_wall": 6.0, "wall_other": 4.0, "expert": 8.0}
+
+    def r(budget, seed, *vals):
+        return {"preset": "ours", "budget": budget, "seed": seed, "train_s": 1.0, **dict(zip(pub, vals))}
+
+    recs = [r(1_000_000, 0, 5, 7, 9, 20), r(1_000_000, 1, 5, 7, 9, 20),  # worst: expert at 2.5x
+            r(2_500_000, 0, 3, 5, 3, 9), r(2_500_000, 1, 3, 5, 3, 7),  # mean expert 8.0: not below
+            r(3_750_000, 0, 3, 5, 3, 7), r(30_000_000, 0, 1, 1, 1, 1)]  # 30M is over the tenth: not counted
+    assert ladder.goal(recs, pub) == {"met": True, "budget": 3_750_000, "worst_ratio": 0.875, "worst_set": "expert"}
+    closest = ladder.goal(recs[:4], pub)
+    assert not closest["met"] and closest["budget"] == 2_500_000 and closest["worst_set"] == "expert"
+    rows, fig = ladder.summarise(recs[:2], pub)
+    assert fig["published_vs_ours_1M_probe_normal"] == 0.8 and rows[0]["seeds"] == 2
+    ladder.plot(recs, pub, tmp_path / "ladder.png")
+    assert (tmp_path / "ladder.png").stat().st_size > 10_000

@@ -269,3 +269,45 @@ def test_the_last_step_is_saved_once_when_save_every_divides_it(packed, tmp_path
                         lambda run, step, *a, **k: saved.append(step) or real(run, step, *a, **k))
     train(_run(max_steps=4, save_every=2), packed, tmp_path / "r", progress=False)
     assert saved == [2, 4]  # (a cadence that misses the last step still ends with its save: test_loss_decreases)
+
+
+def test_a_frames_budget_sets_the_steps_is_recorded_and_resumes(packed, tmp_path, capsys):
+    """--frames N: ceil(N / (batch x frames per window)) steps; config.json keeps it, so --resume ends there too."""
+    from jepa_fast import cli
+    from jepa_fast.data.split import SplitData
+
+    T = SplitData(packed / "train.zarr").T
+    frames = 16 * T * 3 + 1  # a little over 3 steps of batch 16 -> 4 steps
+    out = tmp_path / "r"
+    run = apply_overrides(_run(max_steps=-1), [f"train.frames={frames}"])
+    first = train(run, packed, out, stop_at_step=2, progress=False)
+    assert first["step"] == 2 and first["frames"] == 2 * 16 * T
+    assert json.loads((out / "config.json").read_text())["train"]["frames"] == frames
+    assert cli.main(["train", str(packed), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "4 steps" in capsys.readouterr().out
+    assert ckpt.load(ckpt.latest(out), 0)[0]["step"] == 4
+
+
+@pytest.mark.parametrize("text,frames", [("3.75M", 3_750_000), ("300k", 300_000), ("2,500,000", 2_500_000),
+                                         ("1e6", 1_000_000), ("0.3m", 300_000)])
+def test_frame_counts_read_as_people_write_them(text, frames):
+    from jepa_fast import cli
+
+    args = cli.build_parser().parse_args(["train", "d", "--preset", "tiny", "--frames", text])
+    run = cli.config_from_args(args)
+    assert run.train.frames == frames and run.train.max_steps == -1  # the preset's max_steps gives way
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--frames", "lots"], "--frames 'lots': a number of frames"),
+    (["--frames", "0"], "--frames '0': need at least 1 frame"),
+    (["--frames", "1M", "--steps", "3"], "--steps 3 and --frames 1M: a run's length is one of them"),
+    (["--set", "train.frames=100"], "train.frames=100 and train.max_steps=6: a run's length is set by one"),
+])
+def test_bad_frame_budgets_are_one_line(packed, tmp_path, capsys, args, needle):
+    from jepa_fast import cli
+
+    assert cli.main(["train", str(packed), "--out", str(tmp_path / "r"), "--preset", "tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "r").exists()

@@ -15,7 +15,8 @@ from jepa_fast.errors import JepaFastError
 TRAIN_FLAGS = {"precision": "train.precision", "compile": "train.compile", "loader": "data.loader",
                "batch_size": "data.batch_size", "epochs": "train.epochs", "steps": "train.max_steps",
                "lr": "train.lr", "loss_impl": "loss.impl", "seq_len": "data.seq_len", "stride": "data.stride"}
-"""Named ``train`` flags -> the config field each sets (``--seed`` and ``--augment`` are handled below)."""
+"""Named ``train`` flags -> the config field each sets (``--seed``, ``--augment`` and ``--frames`` are handled
+below)."""
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +45,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "windows that do not overlap)")
     p.add_argument("--epochs", type=int, help="epochs over the train split")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides --epochs)")
+    p.add_argument("--frames", help="training budget in frames, e.g. 3.75M or 300k (overrides "
+                   "--epochs; the run takes frames / (batch x processes x frames per window) steps, rounded up)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--loss-impl", choices=["torch", "triton"], help="VICReg var/cov implementation")
     p.add_argument("--augment", choices=["none", "flips", "full"], help="augmentation preset")
@@ -52,6 +55,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="any config field, e.g. --set train.save_every=200 --set model.gru_dropout=0 (repeatable); "
                    "applied last: defaults < preset < the flags above < --set")
     p.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
+
+
+def frame_count(text: str) -> int:
+    """'3.75M', '300k', '2500000', '1e6' -> a whole number of frames >= 1 (``--frames``)."""
+    units = {"k": 10**3, "m": 10**6, "g": 10**9}
+    t = text.strip().replace("_", "").replace(",", "")
+    mult = units.get(t[-1:].lower(), 1)
+    try:
+        value = float(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise JepaFastError(f"--frames {text!r}: a number of frames, e.g. 3.75M, 300k or 2500000") from None
+    if not 1 <= value < float("inf"):
+        raise JepaFastError(f"--frames {text!r}: need at least 1 frame")
+    return round(value)
 
 
 def config_from_args(args):
@@ -75,7 +92,15 @@ def config_from_args(args):
         base = run_preset(args.preset)
     if args.steps is not None and args.steps < 1:
         raise JepaFastError(f"--steps {args.steps}: must be >= 1 (whole epochs: --epochs)")
-    flags = {key: getattr(args, attr) for attr, key in TRAIN_FLAGS.items() if getattr(args, attr) is not None}
+    frames = frame_count(args.frames) if args.frames is not None else None
+    if args.steps is not None and frames is not None:
+        raise JepaFastError(f"--steps {args.steps} and --frames {args.frames}: a run's length is one of them")
+    # a length given now replaces the other length field of the preset or the resumed run (first, so that
+    # no intermediate config holds both)
+    flags = {"train.frames": -1} if args.steps is not None else {"train.max_steps": -1} if frames else {}
+    flags.update({key: getattr(args, attr) for attr, key in TRAIN_FLAGS.items() if getattr(args, attr) is not None})
+    if frames is not None:
+        flags["train.frames"] = frames
     if args.seed is not None:
         flags.update({"train.seed": args.seed, "data.seed": args.seed})
     if args.augment is not None:

@@ -209,7 +209,12 @@ class TrainConfig:
     epochs: int = 15
     """Passes over the training split (ignored when max_steps > 0)."""
     max_steps: int = -1
-    """Optimizer steps in the whole run (sets the LR schedule's length); -1 = epochs x steps per epoch."""
+    """Optimizer steps in the whole run (sets the LR schedule's length); -1 = from ``frames``, else epochs x
+    steps per epoch."""
+    frames: int = -1
+    """Training budget in frames (what recipes at different batch sizes and window lengths share): the run
+    takes ceil(frames / (batch_size x processes x frames per window)) steps; -1 = unset (``max_steps`` or
+    ``epochs``). Exclusive with ``max_steps``."""
     lr: float = 5e-4
     """Peak learning rate (AdamW)."""
     min_lr_ratio: float = 0.1
@@ -253,6 +258,9 @@ class TrainConfig:
         at_least(self, "train", 0, "seed", "warmup_steps", "weight_decay", "grad_clip", "threads")
         at_least(self, "train", 1, "epochs", "log_every", "keep_checkpoints")
         check(self.max_steps == -1 or self.max_steps >= 1, f"train.max_steps={self.max_steps}: -1 or >= 1")
+        check(self.frames == -1 or self.frames >= 1, f"train.frames={self.frames}: -1 or >= 1")
+        check(self.frames == -1 or self.max_steps == -1, f"train.frames={self.frames} and train.max_steps="
+              f"{self.max_steps}: a run's length is set by one of them; unset the other (-1)")
         check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
         check(0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
         check(0 <= self.ema_momentum < 1, f"train.ema_momentum={self.ema_momentum}: must be in [0, 1)")
