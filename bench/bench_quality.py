@@ -121,8 +121,8 @@ def main() -> None:
 
 def run_ladder(args) -> None:
     from bench import ladder
-    from jepa_fast.cli.run import frame_count
     from jepa_fast.errors import JepaFastError
+    from jepa_fast.schedule import frame_count, frame_label
 
     header("bench_quality --ladder: probe MSE vs training frames, ours and the reference recipe")
     try:
@@ -149,7 +149,7 @@ def run_ladder(args) -> None:
         for preset in presets:
             for seed in seeds:
                 rec = ladder.rung(packed, work, preset, budget, seed, device, args.set)
-                print(f"{preset} {ladder.label(budget)} seed {seed}: {rec['steps']} steps, {rec['train_s']:.0f} s, "
+                print(f"{preset} {frame_label(budget)} seed {seed}: {rec['steps']} steps, {rec['train_s']:.0f} s, "
                       + ", ".join(f"{k} {rec[k]:.2f}" for k in VAL_SETS), flush=True)
                 records.append(rec)
     rows, fig = ladder.summarise(records, published)
@@ -161,7 +161,7 @@ def run_ladder(args) -> None:
     atomic.atomic_write_text(work / "ladder.json", json.dumps(summary, indent=1))
     verdict = "MET" if g["met"] else "NOT MET"
     print(f"\n{presets[0]} beats the published weights on all four sets with <= 3.75M frames: {verdict} "
-          f"(budget {ladder.label(g['budget']) if g['budget'] else '-'}: worst set {g.get('worst_set')} at "
+          f"(budget {frame_label(g['budget']) if g['budget'] else '-'}: worst set {g.get('worst_set')} at "
           f"{g.get('worst_ratio')}x the published MSE); plot: {work / 'ladder.png'}")
     print_json({"bench": "quality_ladder", "device": str(device), "seeds": seeds, "data_seed": args.data_seed,
                 "budgets": budgets, "overrides": args.set, **fig, "goal_met": g["met"],

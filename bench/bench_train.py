@@ -46,7 +46,8 @@ from jepa_fast.hardware import cpu_has_native_bf16, resolve_precision
 from jepa_fast.loss import jepa_loss
 from jepa_fast.metrics import read_jsonl
 from jepa_fast.model import JEPA
-from jepa_fast.train import cosine_schedule, train
+from jepa_fast.schedule import cosine_schedule
+from jepa_fast.train import train
 
 NAMES = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 

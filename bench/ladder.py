@@ -21,6 +21,7 @@ from jepa_fast import atomic
 from jepa_fast import checkpoint as ckpt
 from jepa_fast.config import apply_overrides, run_preset
 from jepa_fast.probe import VAL_SETS, probe_model
+from jepa_fast.schedule import frame_label
 
 BUDGETS = (300_000, 1_000_000, 2_500_000, 3_750_000)
 """Training frames of the CPU ladder: 0.3M (the demo's order), 1M, one epoch of the full train split, and a
@@ -34,18 +35,11 @@ PUBLISHED_PROBED = {"probe_normal": 3.62, "probe_wall": 6.29, "wall_other": 4.21
 re-measures it from the weights file)."""
 
 
-def label(frames: int) -> str:
-    for div, unit in ((10**6, "M"), (10**3, "k")):
-        if frames >= div:
-            return f"{frames / div:g}{unit}"
-    return str(frames)
-
-
 def rung(packed: Path, work: Path, preset: str, frames: int, seed: int, device: torch.device,
          extra: list[str] = ()) -> dict:
     """Train (or resume, or read back) one rung and probe it; returns its record (also ``rung.json``)."""
     tag = "-" + hashlib.sha1("\n".join(extra).encode()).hexdigest()[:8] if extra else ""  # a recipe under test
-    out = work / "runs" / f"{preset}-{label(frames)}-s{seed}{tag}"
+    out = work / "runs" / f"{preset}-{frame_label(frames)}-s{seed}{tag}"
     done = out / "rung.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -71,17 +65,17 @@ def summarise(records: list[dict], published: dict[str, float]) -> tuple[list[di
     keys = sorted({(r["preset"], r["budget"]) for r in records}, key=lambda k: (k[0], k[1]))
     for preset, budget in keys:
         rs = [r for r in records if r["preset"] == preset and r["budget"] == budget]
-        row = {"preset": preset, "frames": label(budget), "seeds": len(rs),
+        row = {"preset": preset, "frames": frame_label(budget), "seeds": len(rs),
                "train s": statistics.mean(r["train_s"] for r in rs)}
         for k in VAL_SETS:
             vals = [r[k] for r in rs]
             m = statistics.mean(vals)
             row[k] = f"{m:.2f}" + (f" ({min(vals):.2f}-{max(vals):.2f})" if len(vals) > 1 else "")
-            fig[f"{preset}_{label(budget)}_{k}"] = round(m, 4)
+            fig[f"{preset}_{frame_label(budget)}_{k}"] = round(m, 4)
             if preset.startswith("ours"):
-                fig[f"published_vs_{preset}_{label(budget)}_{k}"] = round(published[k] / m, 3)
+                fig[f"published_vs_{preset}_{frame_label(budget)}_{k}"] = round(published[k] / m, 3)
         rows.append(row)
-    rows.append({"preset": "published weights (course project)", "frames": label(PUBLISHED_FRAMES),
+    rows.append({"preset": "published weights (course project)", "frames": frame_label(PUBLISHED_FRAMES),
                  **{k: f"{v:.2f}" for k, v in published.items()}})
     return rows, fig
 

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ import torch.nn as nn
 from jepa_fast import atomic, hardware, lock
 from jepa_fast import checkpoint as ckpt
 from jepa_fast import metrics as metrics_mod
-from jepa_fast.config import LossConfig, RunConfig, TrainConfig, flat_config, to_dict
+from jepa_fast.config import LossConfig, RunConfig, flat_config, to_dict
 from jepa_fast.data.batch import Batch
 from jepa_fast.data.loader import build_loader
 from jepa_fast.data.split import SplitData
@@ -40,6 +39,7 @@ from jepa_fast.loss import jepa_loss
 from jepa_fast.metrics import MetricLogger, NonFiniteLoss, plot_losses
 from jepa_fast.model import JEPA, check_frames, count_parameters, training_flops
 from jepa_fast.progress import step_bar
+from jepa_fast.schedule import cosine_schedule, frame_label, total_steps
 from jepa_fast.spec import DataSpec
 from jepa_fast.stop import StopRequest
 
@@ -54,32 +54,6 @@ def resolve_store(data: Path) -> Path:
         return data / "train.zarr"
     raise JepaFastError(f"{data}: neither a packed store nor a packed dataset root with train.zarr; "
                         "create it with jepa-fast pack")
-
-
-def _count(n: int) -> str:
-    """A frame count as people write budgets: 3.75M, 300k, 950."""
-    for div, unit in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
-        if n >= div:
-            return f"{n / div:.3g}{unit}"
-    return str(n)
-
-
-def total_steps(cfg: TrainConfig, frames_per_step: int, steps_per_epoch: int) -> int:
-    """Optimizer steps of the whole run: ``max_steps``, else the ``frames`` budget over the frames one step
-    takes (batch x processes x frames per window, rounded up), else ``epochs`` x steps per epoch."""
-    if cfg.max_steps > 0:
-        return cfg.max_steps
-    if cfg.frames > 0:
-        return -(-cfg.frames // frames_per_step)
-    return cfg.epochs * steps_per_epoch
-
-
-def cosine_schedule(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up, then cosine from 1 to min_ratio over the remaining steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +190,7 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
             if t.accelerator.is_main_process:
                 print(f"jepa-fast train | {count_parameters(t.model):,} params | {store} ({split.summary}) | "
                       f"loader {loader.mode} | {world} process(es) on {device.type} | {machine.header()} | "
-                      f"{t.total} steps ({len(loader)}/epoch) = {_count(t.total * frames_per_step)} frames")
+                      f"{t.total} steps ({len(loader)}/epoch) = {frame_label(t.total * frames_per_step)} frames")
             return _loop(t, loader, split, out, machine, tb, world, device, stop_at_step, progress, profile)
         except BaseException:
             if t.replaced is not None:  # failed before its first checkpoint: the run it was to replace comes back
@@ -282,7 +256,7 @@ def _loop(t: Training, loader, split: SplitData, out: Path, machine: hardware.Re
     if is_main:
         plot_losses(out / "metrics.jsonl", out / "loss.png")
         why = {"SIGTERM": " (SIGTERM: checkpoint saved, exiting cleanly)", "stop_at_step": " (stopped early)"}
-        frames = _count(t.step * run.data.batch_size * split.T * world)
+        frames = frame_label(t.step * run.data.batch_size * split.T * world)
         print(f"finished at step {t.step} ({frames} frames){why.get(stop_reason, '')}: {final} | {seconds:.1f} s")
     return {"step": t.step, "frames": t.step * run.data.batch_size * split.T * world,
             "checkpoint": str(final) if final else None, "seconds": seconds,

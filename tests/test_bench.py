@@ -37,11 +37,12 @@ def test_ladder_rungs_resume_are_read_back_and_the_goal_is_the_smallest_budget_t
     from bench import ladder
     from jepa_fast import checkpoint as ckpt
     from jepa_fast.data.split import SplitData
+    from jepa_fast.schedule import frame_label
 
     T = SplitData(tiny_packed / "train.zarr").T
     frames = 16 * T * 4  # 4 steps of the tiny preset's batch 16
     cpu = torch.device("cpu")
-    out = tmp_path / "runs" / f"tiny-{ladder.label(frames)}-s0"
+    out = tmp_path / "runs" / f"tiny-{frame_label(frames)}-s0"
     # an interrupted rung: a checkpoint at step 2 of 4, no rung.json
     from jepa_fast.config import apply_overrides, run_preset
     from jepa_fast.train import train

@@ -57,25 +57,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="print log lines instead of a progress bar")
 
 
-def frame_count(text: str) -> int:
-    """'3.75M', '300k', '2500000', '1e6' -> a whole number of frames >= 1 (``--frames``)."""
-    units = {"k": 10**3, "m": 10**6, "g": 10**9}
-    t = text.strip().replace("_", "").replace(",", "")
-    mult = units.get(t[-1:].lower(), 1)
-    try:
-        value = float(t[:-1] if mult > 1 else t) * mult
-    except ValueError:
-        raise JepaFastError(f"--frames {text!r}: a number of frames, e.g. 3.75M, 300k or 2500000") from None
-    if not 1 <= value < float("inf"):
-        raise JepaFastError(f"--frames {text!r}: need at least 1 frame")
-    return round(value)
-
-
 def config_from_args(args):
     """The run config of a ``train`` command line: defaults < preset (or the resumed run's config) < flags < --set."""
     import json
 
     from jepa_fast.config import AUGMENT_PRESETS, resolve, run_config_from_dict, run_preset
+    from jepa_fast.schedule import frame_count
 
     if args.resume and (args.out / "config.json").exists():
         f = args.out / "config.json"
