@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -59,13 +60,24 @@ def rung(packed: Path, work: Path, preset: str, frames: int, seed: int, device: 
     return rec
 
 
+def recipe(rec: dict) -> str:
+    """A rung's recipe: its preset, and the overrides it was trained with."""
+    return " ".join([rec["preset"], *rec.get("extra", [])])
+
+
+def finished(work: Path) -> list[dict]:
+    """Every finished rung under ``work/runs`` (any preset, budget, seed or overrides)."""
+    return [json.loads(f.read_text()) for f in sorted((Path(work) / "runs").glob("*/rung.json"))]
+
+
 def summarise(records: list[dict], published: dict[str, float]) -> tuple[list[dict], dict]:
     """Table rows (mean over seeds, with the range) and the JSON figures of the ladder."""
     rows, fig = [], {}
-    keys = sorted({(r["preset"], r["budget"]) for r in records}, key=lambda k: (k[0], k[1]))
-    for preset, budget in keys:
-        rs = [r for r in records if r["preset"] == preset and r["budget"] == budget]
-        row = {"preset": preset, "frames": frame_label(budget), "seeds": len(rs),
+    keys = sorted({(recipe(r), r["budget"]) for r in records}, key=lambda k: (k[0], k[1]))
+    for name, budget in keys:
+        rs = [r for r in records if recipe(r) == name and r["budget"] == budget]
+        preset = re.sub(r"[^A-Za-z0-9]+", "_", name)  # a JSON key
+        row = {"recipe": name, "frames": frame_label(budget), "seeds": len(rs),
                "train s": statistics.mean(r["train_s"] for r in rs)}
         for k in VAL_SETS:
             vals = [r[k] for r in rs]
@@ -75,18 +87,18 @@ def summarise(records: list[dict], published: dict[str, float]) -> tuple[list[di
             if preset.startswith("ours"):
                 fig[f"published_vs_{preset}_{frame_label(budget)}_{k}"] = round(published[k] / m, 3)
         rows.append(row)
-    rows.append({"preset": "published weights (course project)", "frames": frame_label(PUBLISHED_FRAMES),
+    rows.append({"recipe": "published weights (course project)", "frames": frame_label(PUBLISHED_FRAMES),
                  **{k: f"{v:.2f}" for k, v in published.items()}})
     return rows, fig
 
 
-def goal(records: list[dict], published: dict[str, float], preset: str = "ours",
+def goal(records: list[dict], published: dict[str, float], name: str = "ours",
          limit: int = PUBLISHED_FRAMES // 10) -> dict:
-    """The smallest budget <= ``limit`` at which ``preset`` (mean over seeds) beats ``published`` on all four
-    sets, else the budget that comes closest (the smallest worst-set ratio of our MSE to theirs)."""
+    """The smallest budget <= ``limit`` at which recipe ``name`` (mean over seeds) beats ``published`` on all
+    four sets, else the budget that comes closest (the smallest worst-set ratio of our MSE to theirs)."""
     by_budget: dict[int, dict[str, float]] = {}
-    for b in sorted({r["budget"] for r in records if r["preset"] == preset and r["budget"] <= limit}):
-        rs = [r for r in records if r["preset"] == preset and r["budget"] == b]
+    for b in sorted({r["budget"] for r in records if recipe(r) == name and r["budget"] <= limit}):
+        rs = [r for r in records if recipe(r) == name and r["budget"] == b]
         by_budget[b] = {k: statistics.mean(r[k] for r in rs) for k in VAL_SETS}
     if not by_budget:
         return {"met": False, "budget": None}
@@ -103,13 +115,13 @@ def plot(records: list[dict], published: dict[str, float], path: Path) -> None:
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(VAL_SETS), figsize=(4.2 * len(VAL_SETS), 3.6))
-    presets = sorted({r["preset"] for r in records})
+    names = sorted({recipe(r) for r in records})
     for ax, k in zip(axes, VAL_SETS):
-        for preset in presets:
-            budgets = sorted({r["budget"] for r in records if r["preset"] == preset})
-            vals = [[r[k] for r in records if r["preset"] == preset and r["budget"] == b] for b in budgets]
+        for name in names:
+            budgets = sorted({r["budget"] for r in records if recipe(r) == name})
+            vals = [[r[k] for r in records if recipe(r) == name and r["budget"] == b] for b in budgets]
             mean = [statistics.mean(v) for v in vals]
-            line, = ax.plot(budgets, mean, "o-", label=preset)
+            line, = ax.plot(budgets, mean, "o-", label=name)
             if any(len(v) > 1 for v in vals):
                 ax.fill_between(budgets, [min(v) for v in vals], [max(v) for v in vals], alpha=0.2,
                                 color=line.get_color())
@@ -121,6 +133,6 @@ def plot(records: list[dict], published: dict[str, float], path: Path) -> None:
         ax.set_xlabel("training frames")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("probe MSE (pixels^2)")
-    axes[-1].legend(fontsize=8)
+    axes[-1].legend(fontsize=7)
     fig.suptitle("probe MSE vs training frames (dotted: a tenth of the published budget)")
     save_figure(fig, path)
