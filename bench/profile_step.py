@@ -5,9 +5,10 @@
 
 Builds the step exactly as ``jepa-fast train`` does (``jepa_fast.train._setup``: Accelerate, autocast,
 channels-last, compile per ``train.compile``) on a simulated two-rooms split, runs ``--warmup`` untimed
-steps, then profiles ``--steps`` steps. Phases are marked with ``record_function``: encode (frames ->
-latents), predict (GRU and projectors), loss, backward, clip + optimizer + EMA. Prints each phase's share
-of the step's wall time, the operators with the most self CPU time, and, last, one JSON line.
+steps, then profiles ``--steps`` steps of ``train_step``. Phases are marked with ``record_function``: encode
+(frames -> latents), predict (GRU and projectors), loss, and ``train_step``'s own marks, backward and
+optimizer (clip, step, EMA). Prints each phase's share of the step's wall time, the operators with the
+most self CPU time, and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -73,11 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
             t, _ = train_mod._setup(run, split.spec, work / "run", loader, split.T, 1, device, machine, None)
             batches = iter(_forever(loader))
             for _ in range(args.warmup):
-                _step(t, next(batches))
+                train_mod.train_step(t, next(batches))
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
-                    _step(t, next(batches))
+                    train_mod.train_step(t, next(batches))
                 wall = (time.perf_counter() - t0) / args.steps
         finally:
             for obj, attr, fn in saved:
@@ -111,21 +112,6 @@ def main(argv: list[str] | None = None) -> dict:
 def _forever(loader):
     while True:
         yield from loader
-
-
-def _step(t, batch) -> None:
-    """train_step with backward and the optimizer marked (the same calls, in the same order)."""
-    t.forward_loss.train()
-    terms = t.forward_loss(batch.states, batch.actions, batch.scale, batch.brightness, batch.noise_std)
-    with record_function("backward"):
-        t.accelerator.backward(terms["loss"])
-    with record_function("optimizer"):
-        if t.run.train.grad_clip > 0:
-            t.accelerator.clip_grad_norm_(t.params, t.run.train.grad_clip)
-        t.optimizer.step()
-        t.scheduler.step()
-        t.optimizer.zero_grad(set_to_none=True)
-        t.model.update_target(t.run.train.ema_momentum)
 
 
 if __name__ == "__main__":

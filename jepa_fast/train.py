@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.profiler import record_function
 
 from jepa_fast import atomic, hardware, lock
 from jepa_fast import checkpoint as ckpt
@@ -103,13 +104,15 @@ def train_step(t: Training, batch: Batch) -> dict[str, torch.Tensor]:
     """One optimizer step on one batch; returns the loss terms as device tensors (no host sync)."""
     t.forward_loss.train()
     terms = t.forward_loss(batch.states, batch.actions, batch.scale, batch.brightness, batch.noise_std)
-    t.accelerator.backward(terms["loss"])
-    if t.run.train.grad_clip > 0:
-        t.accelerator.clip_grad_norm_(t.params, t.run.train.grad_clip)
-    t.optimizer.step()
-    t.scheduler.step()
-    t.optimizer.zero_grad(set_to_none=True)
-    t.model.update_target(t.run.train.ema_momentum)
+    with record_function("backward"):  # phase marks for torch.profiler (train --profile, bench/profile_step.py)
+        t.accelerator.backward(terms["loss"])
+    with record_function("optimizer"):
+        if t.run.train.grad_clip > 0:
+            t.accelerator.clip_grad_norm_(t.params, t.run.train.grad_clip)
+        t.optimizer.step()
+        t.scheduler.step()
+        t.optimizer.zero_grad(set_to_none=True)
+        t.model.update_target(t.run.train.ema_momentum)
     t.step += 1
     return terms
 
