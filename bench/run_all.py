@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import machine, versions
 
-BENCHES = ["generate", "pack", "loader", "vicreg", "train", "probe", "quality"]
+BENCHES = ["generate", "pack", "loader", "vicreg", "train", "probe", "plan", "quality"]
 OPTIONAL = ["pusht"]
 """Run only when named with --only: PushT needs the [envs] extra and ~20 minutes on 2 cores."""
 

@@ -23,10 +23,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 
 import torch
 
 log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """A command's --device: cpu, cuda or cuda:N that exists on this machine (one line otherwise); None = cuda
+    when present, else cpu."""
+    from jepa_fast.errors import JepaFastError
+
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise JepaFastError(f"--device {device}: use cpu, cuda or cuda:N")
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise JepaFastError(f"--device {device}: no CUDA device here; use --device cpu")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise JepaFastError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def cpu_has_native_bf16() -> bool:

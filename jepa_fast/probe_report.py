@@ -7,11 +7,9 @@ original format), metrics.json, a table, plots.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from jepa_fast import atomic, lock
 from jepa_fast import probe as P
@@ -19,6 +17,7 @@ from jepa_fast.checkpoint import ckpt_dir
 from jepa_fast.config import ProbeConfig
 from jepa_fast.data.split import SplitData
 from jepa_fast.errors import JepaFastError
+from jepa_fast.hardware import resolve_device
 from jepa_fast.model import count_parameters
 
 
@@ -92,13 +91,7 @@ def run_probe(checkpoint: Path, data_root: Path, out: Path | None = None, cfg: P
     """
     if precision not in P.EMBEDDING_PRECISIONS:
         raise JepaFastError(f"--precision {precision}: use {', '.join(P.EMBEDDING_PRECISIONS)}")
-    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise JepaFastError(f"--device {device}: use cpu, cuda or cuda:N")
-    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
-        raise JepaFastError(f"--device {device}: no CUDA device here; use --device cpu")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise JepaFastError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    dev = resolve_device(device)
     ckpt_path = Path(checkpoint)
     out = Path(out) if out else (ckpt_path if ckpt_path.is_dir() and not (ckpt_path / "state.pt").exists()
                                  else ckpt_path.parent.parent) / "probe"

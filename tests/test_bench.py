@@ -72,3 +72,12 @@ def test_ladder_rungs_resume_are_read_back_and_the_goal_is_the_smallest_budget_t
     assert fig["published_vs_ours_1M_probe_normal"] == 0.8 and rows[0]["seeds"] == 2
     ladder.plot(recs, pub, tmp_path / "ladder.png")
     assert (tmp_path / "ladder.png").stat().st_size > 10_000
+
+
+def test_bench_plan_times_both_modes_on_the_same_episodes(tiny_run_ours, capsys):
+    from bench import bench_plan
+
+    fig = bench_plan.main(["--run", str(tiny_run_ours), "--episodes", "2", "--max-steps", "4", "--samples", "8"])
+    out = capsys.readouterr().out
+    assert "batched" in out and "one at a time" in out and out.strip().splitlines()[-1].startswith("{")
+    assert fig["episodes"] == 2 and fig["batched_vs_sequential"] > 0 and fig["max_path_difference_px"] < 1e-3

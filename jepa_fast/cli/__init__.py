@@ -1,7 +1,7 @@
 """``jepa-fast``: the command line. Each subcommand is a thin wrapper over a library function.
 
     cli/data.py   generate, show, pack, inspect
-    cli/run.py    train, probe, import-reference, export-reference, bench, demo
+    cli/run.py    train, probe, plan, import-reference, export-reference, bench, demo
 
 Errors meant for users (``JepaFastError``, including bad config values) are printed as one line,
 ``error: ...``, with exit status 2; anything else is a bug and keeps its traceback.

@@ -1,4 +1,4 @@
-"""``jepa-fast`` model commands: train, probe, the course project's weights (import/export), bench, demo."""
+"""``jepa-fast`` model commands: train, probe, plan, the course project's weights (import/export), bench, demo."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def _add_bench(sub) -> None:
                        description="Run every benchmark (or --only some) and write bench/results/report_*.md. "
                        "Needs a source checkout (the bench/ folder).")
     p.add_argument("--only", default=None,
-                   help="comma-separated subset: generate,pack,loader,vicreg,train,probe,quality")
+                   help="comma-separated subset: generate,pack,loader,vicreg,train,probe,plan,quality")
     p.add_argument("--skip", default="", help="comma-separated benches to skip")
     p.set_defaults(func=_cmd_bench)
 
@@ -236,9 +236,58 @@ def _cmd_demo(args) -> None:
     run_demo(args.out, seed=args.seed, fresh=args.fresh, overwrite=args.overwrite)
 
 
+# ---------------------------------------------------------------------------------------------
+# plan
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="closed-loop goal reaching in the two-rooms simulator with a trained model",
+                       description="Plan with a run's world model (CEM or MPPI in latent space, re-planned every few "
+                       "steps) on seeded cross-room and same-room episodes, next to random actions and two oracles "
+                       "(true dynamics with a Euclidean or a door-aware cost) on the same episodes; writes report.md, "
+                       "results.json and plots. Protocol: jepa_fast/plan/__init__.py.")
+    p.add_argument("checkpoint", type=Path, help="run folder or checkpoint (ours, or an imported course checkpoint)")
+    p.add_argument("--compare", type=Path, action="append", default=[], help="another run or checkpoint on the same "
+                   "episodes (repeatable)")
+    p.add_argument("--planner", choices=["cem", "mppi"], default=None, help="sampling planner (default cem)")
+    p.add_argument("--episodes", type=int, default=None, help="episodes per set (default 40)")
+    p.add_argument("--samples", type=int, default=None, help="action sequences per episode per iteration (default 256)")
+    p.add_argument("--iterations", type=int, default=None, help="sampling iterations per re-plan (default 3)")
+    p.add_argument("--horizon", type=int, default=None, help="planned actions (default 16)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the episodes and the sampling (default 0)")
+    p.add_argument("--budgets", default="", help="also plan the cross-room set at these sample counts (e.g. 64,1024) "
+                   "for the success-vs-budget plot")
+    p.add_argument("--no-baselines", action="store_true", help="skip random and the two oracles")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any PlanConfig field, e.g. --set cost=final --set replan_every=2 (repeatable)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/plan)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args) -> None:
+    from jepa_fast.config import PlanConfig, apply_overrides
+    from jepa_fast.plan import run_plan
+
+    cfg = PlanConfig()
+    for flag in ("planner", "episodes", "samples", "iterations", "horizon", "seed"):
+        if getattr(args, flag) is not None:
+            cfg = apply_overrides(cfg, [f"{flag}={getattr(args, flag)}"])
+    cfg = apply_overrides(cfg, args.overrides)
+    try:
+        budgets = tuple(int(b) for b in args.budgets.split(",") if b.strip())
+    except ValueError:
+        raise JepaFastError(f"--budgets {args.budgets}: comma-separated sample counts, e.g. 64,1024") from None
+    r = run_plan(args.checkpoint, args.out, cfg, args.compare, args.device, budgets, not args.no_baselines,
+                 args.overwrite)
+    print(f"report.md, results.json and plots in {r['out']}")
+
+
 def add_commands(sub) -> None:
     _add_train(sub)
     _add_probe(sub)
+    _add_plan(sub)
     _add_reference(sub)
     _add_bench(sub)
     _add_demo(sub)

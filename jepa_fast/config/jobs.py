@@ -95,3 +95,69 @@ class ProbeConfig:
         check(self.lr > 0, f"probe.lr={self.lr}: must be > 0")
         check(0 <= self.warmup_fraction < 1, f"probe.warmup_fraction={self.warmup_fraction}: must be in [0, 1)")
         check(0 <= self.end_lr_ratio <= 1, f"probe.end_lr_ratio={self.end_lr_ratio}: must be in [0, 1]")
+
+
+# ---------------------------------------------------------------------------------------------
+# planning: closed-loop goal reaching in the two-rooms simulator (jepa_fast/plan/__init__.py)
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """``jepa-fast plan``: the episodes, the planner and the protocol (the docstring of jepa_fast/plan/__init__.py).
+
+    The defaults reproduce the first prototype's setting: CEM, 256 samples x 3 iterations, horizon 16,
+    warm-started, 4 actions executed per re-plan, 120 simulator steps, success within 4 px, training layouts."""
+
+    episodes: int = 40
+    """Episodes per set (cross-room and same-room), drawn from ``seed``."""
+    seed: int = 0
+    """Seed of the episodes (layouts, starts, goals) and of the planners' sampling."""
+    layouts: str = "train"
+    """Wall positions of the episodes: 'train' (the training split's), 'held_out' (wall_other's), 'all'."""
+    planner: str = "cem"
+    """'cem' (cross-entropy method: refit a Gaussian to the elite samples) or 'mppi' (cost-weighted mean)."""
+    horizon: int = 16
+    """Actions per planned sequence (H)."""
+    samples: int = 256
+    """Action sequences sampled per episode per iteration."""
+    iterations: int = 3
+    """Sampling iterations per re-plan."""
+    elite_fraction: float = 0.1
+    """CEM: the fraction of samples the Gaussian is refit to."""
+    temperature: float = 0.1
+    """MPPI: weights exp(-c / temperature) on each episode's costs rescaled to [0, 1]."""
+    init_std: float = 1.0
+    """Std of the first sampling distribution (and after each re-plan's warm start), in units of max_step."""
+    replan_every: int = 4
+    """Actions executed in the simulator between re-plans (k)."""
+    max_steps: int = 120
+    """Simulator steps per episode."""
+    success_radius: float = 4.0
+    """Success: the final distance to the goal is below this (pixels)."""
+    cost: str = "min"
+    """Reduction of the per-step distance over the horizon: 'min' (the closest point of the plan), 'final'."""
+    max_step: float = 0.0
+    """Longest action (pixels per step); 0 = the data's: the simulator's action_upper_bd (1.8), the largest
+    step in the datasets it writes."""
+    min_distance: float = 10.0
+    """Same-room episodes: start and goal at least this far apart (pixels)."""
+    detour_edges: tuple[float, ...] = (4.0, 12.0)
+    """Cross-room strata by detour (door-aware path length - straight distance, pixels): below the first
+    edge, between, above the last."""
+    batch: int = 0
+    """Episodes planned together (one batched rollout per iteration); 0 = all of them."""
+
+    def __post_init__(self) -> None:
+        at_least(self, "plan", 1, "episodes", "horizon", "samples", "iterations", "replan_every", "max_steps")
+        at_least(self, "plan", 0, "seed", "max_step", "min_distance", "batch")
+        one_of(self, "plan", "planner", ("cem", "mppi"))
+        one_of(self, "plan", "layouts", ("train", "held_out", "all"))
+        one_of(self, "plan", "cost", ("min", "final"))
+        check(0 < self.elite_fraction <= 1, f"plan.elite_fraction={self.elite_fraction}: must be in (0, 1]")
+        check(self.temperature > 0, f"plan.temperature={self.temperature}: must be > 0")
+        check(self.init_std > 0, f"plan.init_std={self.init_std}: must be > 0")
+        check(self.success_radius > 0, f"plan.success_radius={self.success_radius}: must be > 0")
+        check(list(self.detour_edges) == sorted(self.detour_edges) and all(e > 0 for e in self.detour_edges),
+              f"plan.detour_edges={self.detour_edges}: positive and increasing")
+        check(self.replan_every <= self.horizon,
+              f"plan.replan_every={self.replan_every}: cannot exceed plan.horizon={self.horizon}")
