@@ -171,3 +171,68 @@ def test_a_model_that_cannot_take_the_simulators_frames_is_refused(episodes_stor
     assert not out.exists()
     with pytest.raises(ConfigError, match="plan.planner"):
         PlanConfig(planner="ilqr")
+
+
+# ---------------------------------------------------------------------------------------------
+# subgoals from the training data (plan --graph)
+
+
+def test_the_roadmap_leads_around_the_wall_not_through_it():
+    """Latents = positions. One trajectory runs down the left of a wall, through a door at the bottom and up the
+    right; start and goal face each other across the wall (4 apart, more than graph_link steps): the subgoal is
+    down the path towards the door, never across."""
+    from jepa_fast.plan.graph import Roadmap, Subgoals
+
+    left = [(0.0, float(y)) for y in range(10, -1, -1)]  # down the left side to the door at y = 0
+    right = [(4.0, float(y)) for y in range(0, 11)]  # and up the right side
+    path = torch.tensor(left + right)  # (22, 2): one trajectory of 22 frames, steps of 1 (4 at the door)
+    road = Roadmap(path, T=22, link=1.5, neighbours=4)
+    assert road.step == pytest.approx(1.0)
+    assert all(abs(path[j][0] - path[i][0]) < 1 for i in range(22) for j, _ in road.adj[i] if abs(j - i) > 1)
+    start, goal = torch.tensor([0.0, 9.0]), torch.tensor([4.0, 9.0])
+    sub = Subgoals([road], goal[None], lookahead=5.0)
+    s = sub.pick(start[None])[0]
+    assert s[0] == 0.0 and s[1] < 9.0 - 4.0  # five steps down the left side, towards the door
+    assert sub.used == 1
+    near = sub.pick(torch.tensor([[4.0, 6.0]]))[0]  # three steps from the goal: aim at the goal itself
+    torch.testing.assert_close(near, goal)
+    # stuck (the same latent at two re-plans): the lookahead halves, the subgoal comes closer, then grows back
+    stuck = Subgoals([road], goal[None], lookahead=8.0)
+    far = stuck.pick(start[None])[0]
+    closer = stuck.pick(start[None])[0]
+    assert stuck.reach == [4.0] and closer.tolist() == [0.0, 5.0] and far.tolist() == [0.0, 1.0]
+    stuck.pick(start[None])
+    assert stuck.reach == [2.0]
+    stuck.pick(torch.tensor([[0.0, 5.0]]))
+    assert stuck.reach == [4.0]
+    lost = Subgoals([None], goal[None], lookahead=5.0).pick(start[None])[0]  # no roadmap: the goal
+    torch.testing.assert_close(lost, goal)
+
+
+def test_layouts_are_recognised_from_the_simulators_pixels(tiny_packed, tiny_run_ours):
+    """The index groups the stored trajectories by walls image; a frame the simulator renders for a stored
+    trajectory's layout finds that trajectory (quantisation keeps every wall pixel set and every other one not)."""
+    from jepa_fast.plan.graph import LayoutIndex, layout_key
+    from jepa_fast.sim.env import render
+
+    index = LayoutIndex(tiny_packed, (False, True))
+    assert sum(len(v) for v in index.groups.values()) == index.data.n and len(index.groups) > 1
+    frame = index.data.decode_window(0)[0, 1]  # the walls of trajectory 0
+    cols = (frame[10:55] > 0).sum(0)
+    wall_x = int(np.argmax(cols[10:55])) + 10  # the middle wall's centre column (3 wide)
+    wall_x = wall_x + 1 if cols[wall_x + 1] == cols[wall_x] and cols[wall_x + 2] == cols[wall_x] else wall_x
+    open_rows = np.nonzero(frame[5:60, wall_x] == 0)[0] + 5
+    door_y = int(open_rows.mean())
+    walls = render(SIM, np.zeros((1, 1, 2)), np.array([wall_x]), np.array([door_y]))[0, 0, 1:]
+    assert layout_key(walls) == layout_key(frame[None])
+    assert 0 in index.trajectories(walls, 100)
+    with pytest.raises(Exception, match="static channels"):
+        LayoutIndex(tiny_packed, (False, False))
+
+
+def test_plan_with_a_graph_reports_both_ways(tiny_run_ours, tiny_packed, tmp_path):
+    out = tmp_path / "plan"
+    cfg = PlanConfig(episodes=2, samples=16, iterations=1, max_steps=8)
+    run_plan(tiny_run_ours, out, cfg, baselines=False, graph=tiny_packed, log=lambda *_: None)
+    blob = json.loads((out / "results.json").read_text())
+    assert list(blob["agents"]) == ["ours", "ours + graph"]

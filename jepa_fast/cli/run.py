@@ -257,6 +257,9 @@ def _add_plan(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the episodes and the sampling (default 0)")
     p.add_argument("--budgets", default="", help="also plan the cross-room set at these sample counts (e.g. 64,1024) "
                    "for the success-vs-budget plot")
+    p.add_argument("--graph", type=Path, default=None, metavar="PACKED", help="also plan with subgoals from "
+                   "this packed two-rooms training data (a latent roadmap of each episode's layout; "
+                   "jepa_fast/plan/graph.py)")
     p.add_argument("--no-baselines", action="store_true", help="skip random and the two oracles")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="any PlanConfig field, e.g. --set cost=final --set replan_every=2 (repeatable)")
@@ -280,7 +283,7 @@ def _cmd_plan(args) -> None:
     except ValueError:
         raise JepaFastError(f"--budgets {args.budgets}: comma-separated sample counts, e.g. 64,1024") from None
     r = run_plan(args.checkpoint, args.out, cfg, args.compare, args.device, budgets, not args.no_baselines,
-                 args.overwrite)
+                 args.overwrite, args.graph)
     print(f"report.md, results.json and plots in {r['out']}")
 
 

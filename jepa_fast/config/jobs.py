@@ -146,10 +146,22 @@ class PlanConfig:
     edge, between, above the last."""
     batch: int = 0
     """Episodes planned together (one batched rollout per iteration); 0 = all of them."""
+    graph_trajectories: int = 200
+    """``plan --graph``: training trajectories of an episode's layout that its roadmap is built from."""
+    graph_link: float = 1.5
+    """``plan --graph``: neighbour edges join latents closer than this many steps (a step: the median latent
+    distance between consecutive training frames)."""
+    graph_neighbours: int = 8
+    """``plan --graph``: neighbour edges per node, at most."""
+    graph_lookahead: float = 8.0
+    """``plan --graph``: the subgoal lies this many steps along the roadmap's shortest path to the goal
+    (within the horizon, so the planner can reach it)."""
 
     def __post_init__(self) -> None:
         at_least(self, "plan", 1, "episodes", "horizon", "samples", "iterations", "replan_every", "max_steps")
         at_least(self, "plan", 0, "seed", "max_step", "min_distance", "batch")
+        at_least(self, "plan", 1, "graph_trajectories", "graph_neighbours")
+        check(self.graph_link > 0 and self.graph_lookahead > 0, "plan.graph_link and plan.graph_lookahead: must be > 0")
         one_of(self, "plan", "planner", ("cem", "mppi"))
         one_of(self, "plan", "layouts", ("train", "held_out", "all"))
         one_of(self, "plan", "cost", ("min", "final"))

@@ -22,13 +22,17 @@ Cost = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ModelAgent:
-    """A trained world model's latent cost: squared distance of the rolled-out latents to the goal's latent."""
+    """A trained world model's latent cost: squared distance of the rolled-out latents to the goal's latent, or,
+    with a ``graph`` (the training data's trajectories by layout, ``plan.graph``), to a subgoal on the way."""
 
     plans = True
 
-    def __init__(self, name: str, model: torch.nn.Module, sim: SimConfig, cfg: PlanConfig, device: torch.device):
-        self.name, self.model, self.sim, self.cfg, self.device = name, model, sim, cfg, device
+    def __init__(self, name: str, model: torch.nn.Module, sim: SimConfig, cfg: PlanConfig, device: torch.device,
+                 graph=None):
+        self.name, self.model, self.sim, self.cfg, self.device, self.graph = name, model, sim, cfg, device, graph
         self.goal_latents: torch.Tensor | None = None
+        self.subgoals = None
+        self._roadmaps: dict[bytes, object] = {}  # layout -> Roadmap (built once per layout)
         self.rollouts = 0  # latent sequences rolled out (for rollouts/s)
 
     @torch.inference_mode()
@@ -40,9 +44,35 @@ class ModelAgent:
 
     def begin(self, eps: Episodes) -> None:
         self.goal_latents = self.encode(eps.goal, eps)
+        if self.graph is not None:
+            from jepa_fast.plan.graph import Subgoals
+
+            walls = render(self.sim, eps.start[:, None], eps.wall_x.astype(np.int64), eps.door_y.astype(np.int64))
+            maps = [self._roadmap(w[0, self.graph.static]) for w in walls]
+            self.subgoals = Subgoals(maps, self.goal_latents, self.cfg.graph_lookahead)
+
+    @torch.inference_mode()
+    def _roadmap(self, static: np.ndarray):
+        """The roadmap of the layout whose static channels are ``static`` (None: no training trajectory has it)."""
+        from jepa_fast.plan.graph import Roadmap, layout_key
+
+        key = layout_key(static)
+        if key not in self._roadmaps:
+            idx = self.graph.trajectories(static, self.cfg.graph_trajectories)
+            if len(idx) == 0:
+                self._roadmaps[key] = None
+            else:
+                data = self.graph.data
+                frames = data.decode_into(idx, np.empty((len(idx), *data.frame_shape), np.uint8))
+                z = torch.cat([self.model.encode_stored(torch.from_numpy(frames[i:i + 64]).to(self.device),
+                                                        data.scale.to(self.device)).flatten(0, 1).float().cpu()
+                               for i in range(0, len(frames), 64)])
+                self._roadmaps[key] = Roadmap(z, data.T, self.cfg.graph_link, self.cfg.graph_neighbours)
+        return self._roadmaps[key]
 
     def cost(self, pos: np.ndarray, eps: Episodes) -> Cost:
-        z0, zg = self.encode(pos, eps), self.goal_latents  # the encoder runs once per re-plan
+        z0 = self.encode(pos, eps)  # the encoder runs once per re-plan
+        zg = self.goal_latents if self.subgoals is None else self.subgoals.pick(z0.cpu()).to(self.device)
 
         @torch.inference_mode()
         def score(actions: torch.Tensor) -> torch.Tensor:

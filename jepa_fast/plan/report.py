@@ -115,9 +115,11 @@ def format_report(res: dict, cfg: PlanConfig) -> str:
 
 def run_plan(run: Path, out: Path | None = None, cfg: PlanConfig | None = None, compare: list[Path] = (),
              device: str | None = None, budgets: tuple[int, ...] = (), baselines: bool = True,
-             overwrite: bool = False, log=print) -> dict:
+             overwrite: bool = False, graph: Path | None = None, log=print) -> dict:
     """``jepa-fast plan``: the baselines, ``run`` and every ``compare`` model on the same episodes; the report
-    (report.md, results.json, episodes.png, success_vs_budget.png) is written whole or not at all."""
+    (report.md, results.json, episodes.png, success_vs_budget.png) is written whole or not at all. With
+    ``graph`` (a packed two-rooms training store or dataset root), every model plans a second time with
+    subgoals from that data's trajectories (``jepa_fast.plan.graph``), reported as '<model> + graph'."""
     cfg, sim = cfg or PlanConfig(), SimConfig()
     dev = resolve_device(device)
     run = Path(run)
@@ -126,7 +128,8 @@ def run_plan(run: Path, out: Path | None = None, cfg: PlanConfig | None = None, 
     if any(b < 1 for b in budgets):
         raise JepaFastError(f"--budgets {','.join(map(str, budgets))}: sample counts must be >= 1")
     out = Path(out)
-    atomic.check_apart(out, {"run": run, **{f"compare {c}": Path(c) for c in compare}}, "plan folder")
+    inputs = {"run": run, "graph": Path(graph) if graph else None, **{f"compare {c}": Path(c) for c in compare}}
+    atomic.check_apart(out, inputs, "plan folder")
     with lock.exclusive(out, "plan folder"):
         atomic.check_destination(out, overwrite, "plan folder")
         models = [(model_name(r), load_planning_model(r, sim, dev)) for r in [run, *compare]]
@@ -135,10 +138,16 @@ def run_plan(run: Path, out: Path | None = None, cfg: PlanConfig | None = None, 
             names = [f"{m} ({i + 1})" for i, m in enumerate(names)]
         agents = [RandomAgent(), OracleAgent("oracle-greedy", sim, cfg, False),
                   OracleAgent("oracle-door", sim, cfg, True)] if baselines else []
-        agents += [ModelAgent(n, m, sim, cfg, dev) for n, (_, m) in zip(names, models)]
+        plain = [ModelAgent(n, m, sim, cfg, dev) for n, (_, m) in zip(names, models)]
+        agents += plain
+        if graph is not None:
+            from jepa_fast.plan.graph import LayoutIndex
+
+            index = LayoutIndex(Path(graph), models[0][1].spec.static_channels)
+            agents += [ModelAgent(f"{n} + graph", m, sim, cfg, dev, graph=index) for n, (_, m) in zip(names, models)]
         t0 = time.perf_counter()
         res = evaluate(agents, cfg, sim, log)
-        sweep = budget_sweep(agents[-len(models)], cfg, sim, res, budgets, log) if budgets else {}
+        sweep = budget_sweep(plain[0], cfg, sim, res, budgets, log) if budgets else {}
         res["budget"] = sweep
         with atomic.atomic_dir(out, overwrite, "plan folder", locked=True) as tmp:
             write_report(res, cfg, tmp, run, compare, time.perf_counter() - t0)
