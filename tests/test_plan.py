@@ -233,6 +233,8 @@ def test_layouts_are_recognised_from_the_simulators_pixels(tiny_packed, tiny_run
 def test_plan_with_a_graph_reports_both_ways(tiny_run_ours, tiny_packed, tmp_path):
     out = tmp_path / "plan"
     cfg = PlanConfig(episodes=2, samples=16, iterations=1, max_steps=8)
-    run_plan(tiny_run_ours, out, cfg, baselines=False, graph=tiny_packed, log=lambda *_: None)
+    run_plan(tiny_run_ours, out, cfg, baselines=False, graph=tiny_packed, budgets=(4,), log=lambda *_: None)
     blob = json.loads((out / "results.json").read_text())
     assert list(blob["agents"]) == ["ours", "ours + graph"]
+    assert blob["budget"]["agent"] == "ours + graph"  # the sweep follows the planner the graph serves
+    assert blob["budget"]["success"].keys() == {"4", "16"}

@@ -256,7 +256,7 @@ def _add_plan(sub) -> None:
     p.add_argument("--horizon", type=int, default=None, help="planned actions (default 16)")
     p.add_argument("--seed", type=int, default=None, help="seed of the episodes and the sampling (default 0)")
     p.add_argument("--budgets", default="", help="also plan the cross-room set at these sample counts (e.g. 64,1024) "
-                   "for the success-vs-budget plot")
+                   "for the success-vs-budget plot (RUN's planner; with --graph, the graph one)")
     p.add_argument("--graph", type=Path, default=None, metavar="PACKED", help="also plan with subgoals from "
                    "this packed two-rooms training data (a latent roadmap of each episode's layout; "
                    "jepa_fast/plan/graph.py)")

@@ -119,7 +119,8 @@ def run_plan(run: Path, out: Path | None = None, cfg: PlanConfig | None = None, 
     """``jepa-fast plan``: the baselines, ``run`` and every ``compare`` model on the same episodes; the report
     (report.md, results.json, episodes.png, success_vs_budget.png) is written whole or not at all. With
     ``graph`` (a packed two-rooms training store or dataset root), every model plans a second time with
-    subgoals from that data's trajectories (``jepa_fast.plan.graph``), reported as '<model> + graph'."""
+    subgoals from that data's trajectories (``jepa_fast.plan.graph``), reported as '<model> + graph'. ``budgets``
+    re-runs ``run``'s planner (with the graph when there is one) on the cross-room set at other sample counts."""
     cfg, sim = cfg or PlanConfig(), SimConfig()
     dev = resolve_device(device)
     run = Path(run)
@@ -140,14 +141,17 @@ def run_plan(run: Path, out: Path | None = None, cfg: PlanConfig | None = None, 
                   OracleAgent("oracle-door", sim, cfg, True)] if baselines else []
         plain = [ModelAgent(n, m, sim, cfg, dev) for n, (_, m) in zip(names, models)]
         agents += plain
+        swept = plain[0]
         if graph is not None:
             from jepa_fast.plan.graph import LayoutIndex
 
             index = LayoutIndex(Path(graph), models[0][1].spec.static_channels)
-            agents += [ModelAgent(f"{n} + graph", m, sim, cfg, dev, graph=index) for n, (_, m) in zip(names, models)]
+            graphed = [ModelAgent(f"{n} + graph", m, sim, cfg, dev, graph=index) for n, (_, m) in zip(names, models)]
+            agents += graphed
+            swept = graphed[0]
         t0 = time.perf_counter()
         res = evaluate(agents, cfg, sim, log)
-        sweep = budget_sweep(plain[0], cfg, sim, res, budgets, log) if budgets else {}
+        sweep = budget_sweep(swept, cfg, sim, res, budgets, log) if budgets else {}
         res["budget"] = sweep
         with atomic.atomic_dir(out, overwrite, "plan folder", locked=True) as tmp:
             write_report(res, cfg, tmp, run, compare, time.perf_counter() - t0)
