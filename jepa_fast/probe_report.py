@@ -17,7 +17,7 @@ from jepa_fast.checkpoint import ckpt_dir
 from jepa_fast.config import ProbeConfig
 from jepa_fast.data.split import SplitData
 from jepa_fast.errors import JepaFastError
-from jepa_fast.hardware import resolve_device
+from jepa_fast.hardware import keep_freed_memory, resolve_device
 from jepa_fast.model import count_parameters
 
 
@@ -92,6 +92,7 @@ def run_probe(checkpoint: Path, data_root: Path, out: Path | None = None, cfg: P
     if precision not in P.EMBEDDING_PRECISIONS:
         raise JepaFastError(f"--precision {precision}: use {', '.join(P.EMBEDDING_PRECISIONS)}")
     dev = resolve_device(device)
+    keep_freed_memory()  # large batches on a CPU: no page faults per step (jepa_fast.hardware)
     ckpt_path = Path(checkpoint)
     out = Path(out) if out else (ckpt_path if ckpt_path.is_dir() and not (ckpt_path / "state.pt").exists()
                                  else ckpt_path.parent.parent) / "probe"

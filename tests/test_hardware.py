@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -125,3 +130,35 @@ def test_a_run_resumed_on_another_machine_resolves_auto_there(monkeypatch, tmp_p
     assert "threads 1 -> 2" in said
     state, _ = ckpt.load(ckpt.latest(tmp_path / "r"), 0)
     assert state["config"]["train"]["precision"] == "auto" and state["resolved"]["precision"] == "bf16"
+
+
+_MAPPED = """
+import ctypes, ctypes.util, sys, torch
+from jepa_fast import hardware
+print(hardware.keep_freed_memory())
+
+class Info(ctypes.Structure):  # struct mallinfo2 (glibc >= 2.33)
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = Info
+x = torch.empty(40 << 20, dtype=torch.uint8)  # a 40 MiB block, above glibc's 32 MiB mmap ceiling
+print(libc.mallinfo2().hblkhd >= 40 << 20)  # True: it was mapped on its own (and is unmapped when freed)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.parametrize("env, kept", [({}, True), ({"JEPA_FAST_MALLOC": "default"}, False)])
+def test_large_blocks_are_kept_in_the_heap_unless_asked_not_to(env, kept):
+    try:
+        has_mallinfo2 = hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallinfo2")
+    except (OSError, TypeError):
+        has_mallinfo2 = False
+    if not has_mallinfo2:
+        pytest.skip("not glibc >= 2.33 (no mallinfo2 to check with)")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "JEPA_FAST_MALLOC"))}
+    out = subprocess.run([sys.executable, "-c", _MAPPED], env={**clean, **env}, capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[0].startswith("auto: large blocks kept") is kept, out[0]
+    assert out[1] == str(not kept)  # kept: served from the heap, not mapped afresh per allocation

@@ -14,7 +14,7 @@ import torch
 from jepa_fast import atomic, lock
 from jepa_fast.config import PlanConfig, SimConfig
 from jepa_fast.errors import JepaFastError
-from jepa_fast.hardware import resolve_device
+from jepa_fast.hardware import keep_freed_memory, resolve_device
 from jepa_fast.plan.episodes import SETS, Episodes, make_episodes, strata, stratum_names
 from jepa_fast.plan.mpc import ModelAgent, OracleAgent, RandomAgent, run_episodes
 
@@ -123,6 +123,7 @@ def run_plan(run: Path, out: Path | None = None, cfg: PlanConfig | None = None, 
     re-runs ``run``'s planner (with the graph when there is one) on the cross-room set at other sample counts."""
     cfg, sim = cfg or PlanConfig(), SimConfig()
     dev = resolve_device(device)
+    keep_freed_memory()  # large batches on a CPU: no page faults per step (jepa_fast.hardware)
     run = Path(run)
     if out is None:
         out = (run if run.is_dir() and not (run / "state.pt").exists() else run.parent.parent) / "plan"
