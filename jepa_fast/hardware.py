@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import os
 import re
+import sys
 
 import torch
 
@@ -139,13 +140,13 @@ def keep_freed_memory() -> str:
     if os.environ.get("JEPA_FAST_MALLOC", "") == "default" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         _malloc_state = "glibc default (JEPA_FAST_MALLOC=default or MALLOC_MMAP_THRESHOLD_ set)"
         return _malloc_state
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
-    except OSError:
-        mallopt = None
-    if mallopt is None or not os.uname().sysname == "Linux":
+    mallopt = None
+    if sys.platform.startswith("linux"):
+        try:
+            mallopt = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt", None)
+        except OSError:
+            pass
+    if mallopt is None:
         _malloc_state = "system default (not glibc on Linux)"
         return _malloc_state
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
@@ -214,7 +215,5 @@ def resolve(run, device: torch.device) -> Resolved:
 
 
 if __name__ == "__main__":  # python -m jepa_fast.hardware dali-extra: the pip extra `make install` picks
-    import sys
-
     if sys.argv[1:] == ["dali-extra"]:
         print(dali_extra()[0])
