@@ -2,6 +2,7 @@
 
     python -m bench.bench_train [--n 2048] [--batch 64] [--warmup 5] [--steps 30] [--window 5] [--rounds 2]
                                 [--precision auto|all] [--compile auto|on|off] [--profile trace.json]
+                                [--variant LABEL=SECTION.FIELD=VALUE[,SECTION.FIELD=VALUE...] ...]
 
 (a) reference: what the course project's users run: the naive loader (np.load mmap of the float32
     .npy, per-item ``torch.from_numpy(states[i]).float().to(device)``, DataLoader shuffle/drop_last),
@@ -9,8 +10,14 @@
     ``loss.item()`` every step (it logs every step).
 (b) jepa-fast: ``jepa_fast.train.train`` on the packed store: its loader (auto), mixed precision
     (``--precision all``: every precision the device runs, side by side; the headline is the one
-    ``train.precision=auto`` picks here), torch.compile (auto: on with CUDA), Triton VICReg kernels on a
-    GPU (torch loss on a CPU), the static wall channel encoded once per trajectory.
+    ``train.precision=auto`` picks here), torch.compile (``--compile auto``: as ``train.compile=auto``
+    decides for each precision in a run of one epoch of the full train split: on with CUDA, on a CPU for
+    native bf16), Triton VICReg kernels on a GPU (torch loss on a CPU), the static wall channel encoded
+    once per trajectory.
+(c) ``--variant``: more jepa-fast loops at the auto precision with settings changed (e.g.
+    ``--variant nchw=train.channels_last=false --variant compiled=train.compile=on``), timed in the same
+    rounds over the same steps, each with its own ratio to the reference: ablations of the step's
+    settings in one run, on one machine.
 Both use the ``reference`` model (477,664 parameters).
 
 Timing: each loop runs ``--warmup`` untimed steps (compilation included), then exactly ``--steps``
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shutil
 import statistics
 import tempfile
@@ -42,7 +50,8 @@ from bench._data import train_split
 from bench.common import header, print_json, print_table
 from bench.naive import naive_loader
 from jepa_fast.config import LossConfig, apply_overrides, dataset_preset, model_preset, run_preset
-from jepa_fast.hardware import cpu_has_native_bf16, resolve_precision
+from jepa_fast.errors import JepaFastError
+from jepa_fast.hardware import cpu_has_native_bf16, resolve_compile, resolve_precision
 from jepa_fast.loss import jepa_loss
 from jepa_fast.metrics import read_jsonl
 from jepa_fast.model import JEPA
@@ -131,11 +140,13 @@ def reference_loop(split: Path, batch: int, warmup: int, steps: int, window: int
 
 
 def jepa_fast_loop(store: Path, out: Path, precision: str, batch: int, warmup: int, steps: int, window: int,
-                   compile_: str, impl: str, T: int, profile: Path | None = None) -> tuple[Timing, dict]:
+                   compile_: str, impl: str, T: int, profile: Path | None = None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> tuple[Timing, dict]:
     """jepa-fast's own loop, timed by its metrics records: exactly the steps (warmup, warmup + steps]."""
     run = apply_overrides(run_preset("reference"), [
         f"data.batch_size={batch}", f"train.max_steps={warmup + steps}", "train.save_every=-1",
-        f"train.log_every={window}", f"train.compile={compile_}", f"loss.impl={impl}", f"train.precision={precision}"])
+        f"train.log_every={window}", f"train.compile={compile_}", f"loss.impl={impl}", f"train.precision={precision}",
+        *overrides])
     result = train(run, store, out, progress=False, profile=profile)
     records = [r for r in read_jsonl(out / "metrics.jsonl") if warmup < r["step"] <= warmup + steps]
     windows = [(r["timed_steps"], r["seconds"]) for r in records]
@@ -158,7 +169,21 @@ def main(argv: list[str] | None = None) -> dict:
                     help="jepa-fast at the precision auto picks here, or at every precision the device runs")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="jepa-fast compile setting")
     ap.add_argument("--profile", type=Path, default=None, help="write a torch.profiler trace of jepa-fast here")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=SECTION.FIELD=VALUE[,...]",
+                    help="one more jepa-fast loop (auto precision) with these settings, timed in the same rounds")
     args = ap.parse_args(argv)
+    variants: dict[str, list[str]] = {}
+    for v in args.variant:
+        label, _, sets = v.partition("=")
+        if (not re.fullmatch(r"[a-z0-9_]+", label) or "=" not in sets or label in variants
+                or label in {*NAMES, *NAMES.values()}):
+            ap.error(f"--variant {v!r}: expected LABEL=SECTION.FIELD=VALUE[,SECTION.FIELD=VALUE...], a new "
+                     "label of lowercase letters, digits and _ (not a precision's name)")
+        variants[label] = sets.split(",")
+        try:  # a bad setting fails now, not after a round
+            apply_overrides(run_preset("reference"), variants[label])
+        except JepaFastError as e:
+            ap.error(f"--variant {v!r}: {e}")
     if args.window < 1 or args.steps % args.window or args.warmup % args.window or args.warmup < args.window:
         ap.error("--steps and --warmup must be multiples of --window, and --warmup >= --window")
     header("bench_train: reference loop vs jepa-fast (same model, same data, same timed steps)")
@@ -170,24 +195,39 @@ def main(argv: list[str] | None = None) -> dict:
         raw, store = train_split(work, max(args.n, batch * 2))
         impl = "triton" if device.type == "cuda" else "torch"
         auto, why = resolve_precision("auto", device)
+        epoch_frames = dataset_preset("full").sizes["train"] * T
+
+        def compile_for(precision: str) -> str:  # as `train.compile=auto` decides for a real run (one epoch)
+            if args.compile != "auto":
+                return args.compile
+            return "on" if resolve_compile("auto", device, precision, epoch_frames)[0] else "off"
         every = ["bf16", "no"] if device.type == "cuda" else ["no", "bf16"]
         precisions = [auto] if args.precision == "auto" else every
         refs: list[Timing] = []
-        fast: dict[str, list[Timing]] = {p: [] for p in precisions}
+        fast: dict[str, list[Timing]] = {p: [] for p in [*precisions, *variants]}
         info: dict[str, dict] = {}
         for r in range(args.rounds):
             refs.append(reference_loop(raw, batch, args.warmup, args.steps, args.window, device, T))
             for p in precisions:
                 timing, info[p] = jepa_fast_loop(store, work / f"run-{p}-{r}", p, batch, args.warmup, args.steps,
-                                                 args.window, args.compile, impl, T,
+                                                 args.window, compile_for(p), impl, T,
                                                  profile=args.profile if (p == auto and r == 0) else None)
                 fast[p].append(timing)
+            for label, sets in variants.items():
+                timing, info[label] = jepa_fast_loop(store, work / f"run-{label}-{r}", auto, batch, args.warmup,
+                                                     args.steps, args.window, compile_for(auto), impl, T,
+                                                     overrides=sets)
+                fast[label].append(timing)
         ref_all = _merge(refs)
         rows = [{"loop": "reference (naive loader, eager fp32)", **ref_all.figures()}]
         for p in precisions:
             rows.append({"loop": f"jepa-fast ({info[p]['loader']}, {NAMES[p]}{' = auto' if p == auto else ''}, "
                                  f"compile {'on' if info[p]['compile_s'] is not None else 'off'}, loss {impl})",
                          **_merge(fast[p]).figures()})
+        for label, sets in variants.items():
+            rows.append({"loop": f"jepa-fast {label} ({NAMES[auto]}, compile "
+                                 f"{'on' if info[label]['compile_s'] is not None else 'off'}: {', '.join(sets)})",
+                         **_merge(fast[label]).figures()})
         compile_s = info[auto]["compile_s"]
         print(f"\ndevice {device}, batch {batch}, {args.rounds} round(s) of {args.steps} timed steps after "
               f"{args.warmup} warm-up steps, windows of {args.window}; precision auto = {NAMES[auto]} ({why}); "
@@ -204,23 +244,25 @@ def main(argv: list[str] | None = None) -> dict:
                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_native_bf16(),
                    "auto_precision": NAMES[auto], **_prefixed("reference", ref_all)}
         print()
-        for p in precisions:
+        for p in [*precisions, *variants]:
+            name = NAMES.get(p, p)
             merged = _merge(fast[p])
             ratio = merged.fps / ref_all.fps
             per_round = [f.fps / r.fps for f, r in zip(fast[p], refs)]
             medians = merged.figures()["window_fps_median"] / ref_all.figures()["window_fps_median"]
-            print(f"jepa-fast {NAMES[p]}{' (auto)' if p == auto else ''} / reference: {ratio:.2f}x over "
+            print(f"jepa-fast {name}{' (auto)' if p == auto else ''} / reference: {ratio:.2f}x over "
                   f"{merged.steps} timed steps each; per round {', '.join(f'{x:.2f}x' for x in per_round)}; "
                   f"ratio of median windows {medians:.2f}x")
-            figures.update(_prefixed(f"jepa_fast_{NAMES[p]}", merged))
-            figures.update({f"jepa_fast_{NAMES[p]}_vs_reference": round(ratio, 3),
-                            f"jepa_fast_{NAMES[p]}_vs_reference_round_min": round(min(per_round), 3),
-                            f"jepa_fast_{NAMES[p]}_vs_reference_round_max": round(max(per_round), 3)})
+            figures.update(_prefixed(f"jepa_fast_{name}", merged))
+            figures.update({f"jepa_fast_{name}_vs_reference": round(ratio, 3),
+                            f"jepa_fast_{name}_vs_reference_round_min": round(min(per_round), 3),
+                            f"jepa_fast_{name}_vs_reference_round_max": round(max(per_round), 3)})
+            if p in variants:
+                figures[f"{name}_compile_s"] = info[p]["compile_s"]
         ratio = _merge(fast[auto]).fps / ref_all.fps
         target = 10 if device.type == "cuda" else 3
         print(f"headline: jepa-fast (auto = {NAMES[auto]}) / reference = {ratio:.2f}x "
               f"(target >= {target}x: {'MET' if ratio >= target else 'NOT MET'})")
-        epoch_frames = dataset_preset("full").sizes["train"] * T
         epoch_s = epoch_frames / _merge(fast[auto]).fps
         print(f"one epoch of the full train split ({epoch_frames:,} frames) at that rate: {epoch_s:,.1f} s")
         if args.profile:

@@ -182,7 +182,9 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
             run = _with_init_model(run, init, split.spec, store)
         check_frames(run.model, split.H, split.W, store)
         loader = build_loader(split, run.data, device, rank=rank, world_size=world)
-        machine = hardware.resolve(run, device)  # every machine-dependent 'auto', once
+        frames = total_steps(run.train, run.data.batch_size * world * split.T, len(loader)) \
+            * run.data.batch_size * world * split.T
+        machine = hardware.resolve(run, device, frames)  # every machine-dependent 'auto', once
         t, tb = _setup(run, split.spec, out, loader, split.T, world, device, machine, init)
         t.data = {"store": str(store.resolve()), "fingerprint": split.reader.fingerprint(), "n": split.n}
         if resume:

@@ -11,15 +11,20 @@ def test_bench_train_times_jepa_fast_over_exactly_the_reference_steps(capsys):
     from bench import bench_train
 
     fig = bench_train.main(["--n", "64", "--batch", "8", "--warmup", "2", "--steps", "6", "--window", "2",
-                            "--rounds", "1", "--precision", "auto"])
+                            "--rounds", "1", "--precision", "auto", "--compile", "off",
+                            "--variant", "nchw=train.channels_last=false"])
     auto = fig["auto_precision"]
     assert fig["reference_timed_steps"] == fig[f"jepa_fast_{auto}_timed_steps"] == 6
     assert fig[f"jepa_fast_{auto}_window_fps_min"] <= fig[f"jepa_fast_{auto}_window_fps_median"] \
         <= fig[f"jepa_fast_{auto}_window_fps_max"]
     # the headline is total frames / total seconds over those steps, not one window's rate
     assert fig["jepa_fast_vs_reference"] == pytest.approx(fig[f"jepa_fast_{auto}_fps"] / fig["reference_fps"], rel=0.01)
+    # a variant is timed over the same steps, with its own ratio
+    assert fig["jepa_fast_nchw_timed_steps"] == 6
+    assert fig["jepa_fast_nchw_vs_reference"] == pytest.approx(fig["jepa_fast_nchw_fps"] / fig["reference_fps"], rel=0.01)
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("{") and '"jepa_fast_vs_reference"' in out[-1]
+    assert any(line.startswith("jepa-fast nchw (") and "train.channels_last=false" in line for line in out)
 
 
 def test_bench_train_refuses_windows_that_do_not_divide_the_steps():
@@ -27,6 +32,9 @@ def test_bench_train_refuses_windows_that_do_not_divide_the_steps():
 
     with pytest.raises(SystemExit):
         bench_train.main(["--steps", "7", "--window", "2"])
+    for bad in ("bf16=train.compile=on", "x=train.nope=1", "Bad=train.compile=on", "x"):  # checked before any run
+        with pytest.raises(SystemExit):
+            bench_train.main(["--variant", bad])
 
 
 def test_ladder_rungs_resume_are_read_back_and_the_goal_is_the_smallest_budget_that_beats_all(tiny_packed, tmp_path):

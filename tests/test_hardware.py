@@ -65,8 +65,16 @@ def test_explicit_bf16_is_obeyed_with_a_warning_on_a_cpu_without_it(monkeypatch,
 
 
 def test_compile_threads_and_workers(monkeypatch):
-    assert hardware.resolve_compile("auto", CPU)[0] is False and hardware.resolve_compile("auto", CUDA)[0] is True
-    assert hardware.resolve_compile("on", CPU)[0] is True
+    assert hardware.resolve_compile("auto", CUDA)[0] is True and hardware.resolve_compile("on", CPU)[0] is True
+    # a CPU compiles a bf16 run long enough to pay back the compilation, with native bf16 only
+    _fake_cpu(monkeypatch, "AVX512", True)
+    assert hardware.resolve_compile("auto", CPU, "bf16", 2_500_000) == (True, "auto: CPU bf16 run of >= 1M frames")
+    assert hardware.resolve_compile("auto", CPU, "bf16", 300_000)[0] is False
+    assert hardware.resolve_compile("auto", CPU, "bf16", None)[0] is False  # not a training run
+    assert hardware.resolve_compile("auto", CPU, "no", 2_500_000)[0] is False
+    assert hardware.resolve_compile("off", CPU, "bf16", 2_500_000) == (False, "requested")
+    _fake_cpu(monkeypatch, "AVX2", False)
+    assert hardware.resolve_compile("auto", CPU, "bf16", 2_500_000)[0] is False  # emulated bf16
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr(hardware, "_cores", lambda: 16)

@@ -231,8 +231,8 @@ class TrainConfig:
     """Accelerate mixed precision: 'auto' (bf16 on CUDA with bf16, fp16 on older CUDA, bf16 on a CPU with
     native bf16, else fp32; see jepa_fast/hardware.py), 'bf16', 'fp16' or 'no' (fp32)."""
     compile: str = "auto"
-    """torch.compile the step's model computation as one graph: 'on', 'off', or 'auto' (on for CUDA;
-    off on a CPU, where it measured no faster than eager and costs ~60 s of compilation on 2 cores)."""
+    """torch.compile the step's model computation as one graph: 'on', 'off', or 'auto' (on for CUDA; on a
+    CPU, on for a bf16 run of >= 1M frames, where it measured 1.6x eager, else off; see jepa_fast/hardware.py)."""
     channels_last: bool = True
     """Keep conv weights and activations in channels-last (NHWC) memory: oneDNN's fast path on a CPU
     (measured 1.5-2x faster per step, fp32, AVX2 and AVX-512) and the tensor-core layout on CUDA."""
