@@ -131,8 +131,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(packed, tmp_path):
     step = int(saved.name.split("_")[1])
     assert 0 < step < 100000
     # and the run continues from there
-    r = train(apply_overrides(_run(max_steps=100000, compile="off"), []), packed, out, resume=True, stop_at_step=step + 2,
-              progress=False)
+    r = train(apply_overrides(_run(max_steps=100000, compile="off"), []), packed, out, resume=True,
+              stop_at_step=step + 2, progress=False)
     assert r["step"] == step + 2
 
 
