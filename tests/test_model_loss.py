@@ -260,3 +260,26 @@ def test_the_default_input_scale_maps_the_simulators_peak_to_one():
     frames = env.render(sim, np.array([[[30.0, 30.0]]]), np.array([28]), np.array([19]))  # (1, 1, 2, 65, 65)
     walls = frames[0, 0, 1]
     np.testing.assert_allclose(walls[walls > 0] * ModelConfig().input_scale, 1.0, rtol=1e-6)
+
+
+def test_static_gain_scales_the_wall_features_and_nothing_else():
+    """model.static_gain multiplies the static (wall) branch's latents: with the same weights the agent's
+    latents are unchanged, the walls' are exactly gain x, and the parameter count does not move."""
+    from jepa_fast.config import ModelConfig
+    from jepa_fast.errors import JepaFastError
+
+    torch.manual_seed(0)
+    plain = JEPA(model_preset("ours")).eval()
+    scaled = JEPA(model_preset("ours", static_gain=0.1)).eval()
+    scaled.load_state_dict(plain.state_dict())
+    assert count_parameters(scaled) == count_parameters(plain)
+    states = torch.randint(0, 255, (2, 4, 2, 65, 65), dtype=torch.uint8)
+    scale = torch.full((2,), 0.0942 / 255)
+    a, b = plain.encode_stored(states, scale), scaled.encode_stored(states, scale)
+    D = plain.repr_dim
+    torch.testing.assert_close(b[..., :D // 2], a[..., :D // 2])
+    torch.testing.assert_close(b[..., D // 2:], 0.1 * a[..., D // 2:])
+    assert not torch.allclose(a[..., D // 2:], b[..., D // 2:])
+    for bad in (0.0, -1.0, 1.5):
+        with pytest.raises(JepaFastError, match="model.static_gain"):
+            ModelConfig(static_gain=bad)

@@ -132,6 +132,11 @@ class ModelConfig:
     augmentation gives a static channel one noise image per window either way, so the only difference
     from encoding every frame is BatchNorm's running-variance correction (n/(n-1) over B vs B*T frames;
     tested). A store without static channels has nothing to do here."""
+    static_gain: float = 1.0
+    """Multiplies the static channels' branch output (the two-rooms walls) in the latent: the embedding is
+    [dynamic features, static_gain x static features]. The probe's MLP reads the embedding as it is, with
+    no normalisation; at gain 1 it leans on the wall features, which take values it never saw on held-out
+    wall positions (wall_other). 1 = the course project's model."""
     input_norm: str = "auto"
     """Input normalisation per channel: 'constant' (value x ``input_scale``: the two-rooms presets, so the
     published numbers hold), 'store' ((value - mean) / std with the store's per-channel statistics, for
@@ -155,6 +160,7 @@ class ModelConfig:
         at_least(self, "model", 0, "idm_hidden")
         check(0 <= self.gru_dropout < 1, f"model.gru_dropout={self.gru_dropout}: must be in [0, 1)")
         check(self.input_scale > 0, f"model.input_scale={self.input_scale}: must be > 0")
+        check(0 < self.static_gain <= 1, f"model.static_gain={self.static_gain}: must be in (0, 1]")
         one_of(self, "model", "input_norm", ("auto", "constant", "store"))
 
 
