@@ -167,6 +167,8 @@ class JEPA(nn.Module):
             if noise:  # fresh per frame; one image per window for static channels
                 x = x + std[:, :, sel] * torch.randn_like(x[:, :1] if static else x)
             e = branch(x.flatten(0, 1)).view(B, x.shape[1], -1)  # (B, 1 or T, D_g)
+            if static and self.cfg.static_norm:
+                e = e * torch.rsqrt(e.float().pow(2).mean(dim=-1, keepdim=True) + 1e-6).to(e.dtype)
             if static and self.cfg.static_gain != 1:
                 e = e * self.cfg.static_gain
             latents.append(e.expand(B, T, e.shape[-1]))

@@ -262,7 +262,7 @@ def test_the_default_input_scale_maps_the_simulators_peak_to_one():
     np.testing.assert_allclose(walls[walls > 0] * ModelConfig().input_scale, 1.0, rtol=1e-6)
 
 
-def test_static_gain_scales_the_wall_features_and_nothing_else():
+def test_static_gain_and_norm_set_the_wall_features_scale_and_nothing_else():
     """model.static_gain multiplies the static (wall) branch's latents: with the same weights the agent's
     latents are unchanged, the walls' are exactly gain x, and the parameter count does not move."""
     from jepa_fast.config import ModelConfig
@@ -283,3 +283,15 @@ def test_static_gain_scales_the_wall_features_and_nothing_else():
     for bad in (0.0, -1.0, 1.5):
         with pytest.raises(JepaFastError, match="model.static_gain"):
             ModelConfig(static_gain=bad)
+    # static_norm: the wall latents' RMS is the gain, whatever the weights' scale, so training cannot undo it
+    normed = JEPA(model_preset("ours", static_gain=0.1, static_norm=True)).eval()
+    normed.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        normed.encoder.branches[1].fc.weight.mul_(7.0)
+        normed.encoder.branches[1].fc.bias.mul_(7.0)
+    c = normed.encode_stored(states, scale)
+    torch.testing.assert_close(c[..., :D // 2], a[..., :D // 2])
+    rms = c[..., D // 2:].pow(2).mean(dim=-1).sqrt()
+    torch.testing.assert_close(rms, torch.full_like(rms, 0.1), rtol=1e-4, atol=1e-6)
+    direction = a[..., D // 2:] / a[..., D // 2:].pow(2).mean(dim=-1, keepdim=True).sqrt()
+    torch.testing.assert_close(c[..., D // 2:], 0.1 * direction, rtol=1e-4, atol=1e-6)

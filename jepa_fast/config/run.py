@@ -137,6 +137,10 @@ class ModelConfig:
     [dynamic features, static_gain x static features]. The probe's MLP reads the embedding as it is, with
     no normalisation; at gain 1 it leans on the wall features, which take values it never saw on held-out
     wall positions (wall_other). 1 = the course project's model."""
+    static_norm: bool = False
+    """RMS-normalise the static branch's latents per sample before ``static_gain``, so that their scale is
+    the gain's: without it the encoder grows its wall weights to undo the gain (the wall Linear's norm went
+    8 -> 14 -> 24 over 0, 1M and 3.75M frames at gain 0.1)."""
     input_norm: str = "auto"
     """Input normalisation per channel: 'constant' (value x ``input_scale``: the two-rooms presets, so the
     published numbers hold), 'store' ((value - mean) / std with the store's per-channel statistics, for
