@@ -269,8 +269,8 @@ def test_static_gain_and_norm_set_the_wall_features_scale_and_nothing_else():
     from jepa_fast.errors import JepaFastError
 
     torch.manual_seed(0)
-    plain = JEPA(model_preset("ours")).eval()
-    scaled = JEPA(model_preset("ours", static_gain=0.1)).eval()
+    plain = JEPA(model_preset("ours", static_gain=1.0, static_norm=False)).eval()
+    scaled = JEPA(model_preset("ours", static_gain=0.1, static_norm=False)).eval()
     scaled.load_state_dict(plain.state_dict())
     assert count_parameters(scaled) == count_parameters(plain)
     states = torch.randint(0, 255, (2, 4, 2, 65, 65), dtype=torch.uint8)
