@@ -3,8 +3,9 @@
 Each rung is one training run of a preset at a frame budget (``train.frames``: its own cosine schedule, as a
 user would run that budget), probed with the original protocol on the full-size probe sets of one seed.
 Rungs live in ``<work>/runs/<preset>-<budget>-s<seed>[-<hash of the overrides>]``; a rung whose ``rung.json``
-exists is read back, an interrupted one resumes from its last checkpoint (``train(..., resume=True)``), so a
-long ladder survives being stopped and run again with the same ``--keep`` folder.
+exists is read back (refused if the preset's configuration changed since), an interrupted one resumes from
+its last checkpoint (``train(..., resume=True)``), so a long ladder survives being stopped and run again with
+the same ``--keep`` folder.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 
 from jepa_fast import atomic
 from jepa_fast import checkpoint as ckpt
-from jepa_fast.config import apply_overrides, run_preset
+from jepa_fast.config import apply_overrides, run_preset, to_dict
+from jepa_fast.errors import JepaFastError
 from jepa_fast.probe import VAL_SETS, probe_model
 from jepa_fast.schedule import frame_label
 
@@ -42,10 +44,15 @@ def rung(packed: Path, work: Path, preset: str, frames: int, seed: int, device: 
     tag = "-" + hashlib.sha1("\n".join(extra).encode()).hexdigest()[:8] if extra else ""  # a recipe under test
     out = work / "runs" / f"{preset}-{frame_label(frames)}-s{seed}{tag}"
     done = out / "rung.json"
-    if done.exists():
-        return json.loads(done.read_text())
     run = apply_overrides(run_preset(preset), [f"train.seed={seed}", f"data.seed={seed}", "train.max_steps=-1",
                                                f"train.frames={frames}", "train.save_every=100", *extra])
+    config_sha = hashlib.sha1(json.dumps(to_dict(run), sort_keys=True).encode()).hexdigest()[:12]
+    if done.exists():
+        rec = json.loads(done.read_text())
+        if rec.get("config_sha", config_sha) != config_sha:
+            raise JepaFastError(f"{out}: this rung was trained with another configuration of preset {preset!r} "
+                                "(the preset changed since); move the folder away or use another --keep")
+        return rec
     from jepa_fast.train import train
 
     t = time.perf_counter()
@@ -55,7 +62,7 @@ def rung(packed: Path, work: Path, preset: str, frames: int, seed: int, device: 
     res = probe_model(model, packed, device=device)  # fp32 embeddings, as the original evaluator
     rec = {"preset": preset, "frames": summary["frames"], "budget": frames, "seed": seed, "steps": summary["step"],
            "train_s": round(train_s, 1), "frames_per_s": round(summary["last"]["frames_per_s"]),
-           "extra": list(extra), **{k: round(v, 4) for k, v in res["losses"].items()}}
+           "extra": list(extra), "config_sha": config_sha, **{k: round(v, 4) for k, v in res["losses"].items()}}
     atomic.atomic_write_text(done, json.dumps(rec, indent=1))
     return rec
 

@@ -65,6 +65,12 @@ def test_ladder_rungs_resume_are_read_back_and_the_goal_is_the_smallest_budget_t
     assert json.loads((out / "rung.json").read_text()) == rec
     (out / "rung.json").write_text(json.dumps({**rec, "probe_normal": -1.0}))
     assert ladder.rung(tiny_packed, tmp_path, "tiny", frames, 0, cpu)["probe_normal"] == -1.0  # read back
+    # a rung trained before its preset changed is not passed off as the new preset's
+    (out / "rung.json").write_text(json.dumps({**rec, "config_sha": "0" * 12}))
+    from jepa_fast.errors import JepaFastError
+
+    with pytest.raises(JepaFastError, match="another configuration of preset 'tiny'"):
+        ladder.rung(tiny_packed, tmp_path, "tiny", frames, 0, cpu)
 
     pub = {"probe_normal": 4.0, "probe_wall": 6.0, "wall_other": 4.0, "expert": 8.0}
 

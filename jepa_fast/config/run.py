@@ -299,12 +299,12 @@ def _run_presets() -> dict[str, RunConfig]:
     # clip 1.0, EMA 0.996, loss weights 5/5/1/1, teacher forcing
     ref = RunConfig(preset="reference", model=model_preset("reference"), data=DataConfig(batch_size=512))
     # ours: the same model size; the predictor learns residual steps and is trained by rollout, the way the
-    # probe uses it; the walls' latents enter RMS-normalised at gain 0.1 (model preset); batch 64 at lr 1e-3
-    # (more, smaller steps for a CPU-sized budget) and left-right flips, which turn the training walls
-    # 23..27 into the held-out 37..41 (bench/results/quality_ladder_*: the recipe's ablations)
+    # probe uses it; the walls' latents enter RMS-normalised at gain 0.1 (model preset); batch 64 (more,
+    # smaller steps for a CPU-sized budget) at the reference's lr, and left-right flips, which turn the
+    # training walls 23..27 into the held-out 37..41 (bench/results/quality_ladder_*: the ablations)
     ours = dataclasses.replace(ref, preset="ours", model=model_preset("ours"),
                                data=DataConfig(batch_size=64, augment=AugmentConfig(flip_lr=0.5)),
-                               train=dataclasses.replace(ref.train, lr=1e-3, prediction="rollout"))
+                               train=dataclasses.replace(ref.train, prediction="rollout"))
     small_train = TrainConfig(epochs=6, lr=1e-3, log_every=10, save_every=-1)
     return {
         "reference": ref,
