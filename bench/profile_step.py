@@ -29,6 +29,7 @@ from jepa_fast import hardware
 from jepa_fast.config import apply_overrides, run_preset
 from jepa_fast.data.loader import build_loader
 from jepa_fast.data.split import SplitData
+from jepa_fast.schedule import total_steps
 
 PHASES = ("encode", "predict", "loss", "backward", "optimizer")
 
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
         device = torch.device("cpu")
         split = SplitData(store, run.data.seq_len, run.data.stride, run.data.window_offset)
         loader = build_loader(split, run.data, device)
-        machine = hardware.resolve(run, device)  # precision, compile and torch's threads, as train does
+        frames_per_step = run.data.batch_size * split.T
+        total = total_steps(run.train, frames_per_step, len(loader))
+        machine = hardware.resolve(run, device, total * frames_per_step)  # precision, compile, threads: as train
         # phase marks: the model's encode and predict, the loss; backward and the optimizer below
         patches = [(model_mod.JEPA, "encode_stored", "encode"), (model_mod.JEPA, "predict_for_training", "predict"),
                    (train_mod, "jepa_loss", "loss")]
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         for obj, attr, name in patches:
             setattr(obj, attr, _marked(getattr(obj, attr), name))
         try:
-            t, _ = train_mod._setup(run, split.spec, work / "run", loader, split.T, 1, device, machine, None)
+            t, _ = train_mod._setup(run, split.spec, work / "run", loader, total, 1, device, machine, None)
             batches = iter(_forever(loader))
             for _ in range(args.warmup):
                 train_mod.train_step(t, next(batches))

@@ -182,16 +182,15 @@ def train(run: RunConfig, data: Path, out: Path, resume: bool = False, stop_at_s
             run = _with_init_model(run, init, split.spec, store)
         check_frames(run.model, split.H, split.W, store)
         loader = build_loader(split, run.data, device, rank=rank, world_size=world)
-        frames = total_steps(run.train, run.data.batch_size * world * split.T, len(loader)) \
-            * run.data.batch_size * world * split.T
-        machine = hardware.resolve(run, device, frames)  # every machine-dependent 'auto', once
-        t, tb = _setup(run, split.spec, out, loader, split.T, world, device, machine, init)
+        frames_per_step = run.data.batch_size * world * split.T
+        total = total_steps(run.train, frames_per_step, len(loader))
+        machine = hardware.resolve(run, device, total * frames_per_step)  # every machine-dependent 'auto', once
+        t, tb = _setup(run, split.spec, out, loader, total, world, device, machine, init)
         t.data = {"store": str(store.resolve()), "fingerprint": split.reader.fingerprint(), "n": split.n}
         if resume:
             _restore(t, out, loader, rank, world, machine, other_data)
         try:
             tb = _claim_output(t, out, resume, overwrite, machine, tb)
-            frames_per_step = run.data.batch_size * split.T * world
             if t.accelerator.is_main_process:
                 print(f"jepa-fast train | {count_parameters(t.model):,} params | {store} ({split.summary}) | "
                       f"loader {loader.mode} | {world} process(es) on {device.type} | {machine.header()} | "
@@ -300,9 +299,10 @@ def _with_init_model(run: RunConfig, init: Path, spec: DataSpec, store: Path) ->
     return dataclasses.replace(run, model=model_cfg)
 
 
-def _setup(run: RunConfig, spec: DataSpec, out: Path, loader, window: int, world: int, device: torch.device,
+def _setup(run: RunConfig, spec: DataSpec, out: Path, loader, total: int, world: int, device: torch.device,
            machine: hardware.Resolved, init: Path | None) -> tuple[Training, bool]:
-    """Accelerate, the model and optimizer (restored from the latest checkpoint on resume), the compiled step."""
+    """Accelerate, the model and optimizer (restored from the latest checkpoint on resume), the compiled step;
+    ``total``: the run's optimizer steps (``schedule.total_steps``), the cosine schedule's length."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -329,7 +329,6 @@ def _setup(run: RunConfig, spec: DataSpec, out: Path, loader, window: int, world
     step_module = ForwardLoss(model, run.loss, run.train.prediction, noise=run.data.augment.noise_p > 0)
     # prepare wraps the module for DDP (several processes) and its forward in autocast (mixed precision)
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
-    total = total_steps(run.train, run.data.batch_size * world * window, len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_schedule(s, total, run.train.warmup_steps, run.train.min_lr_ratio))
     t = Training(run, model, step_module, optimizer, scheduler, accelerator, params, total)

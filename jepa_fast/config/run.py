@@ -246,7 +246,8 @@ class TrainConfig:
     CPU, on for a bf16 run of >= 1M frames, where it measured 1.6x eager, else off; see jepa_fast/hardware.py)."""
     channels_last: bool = True
     """Keep conv weights and activations in channels-last (NHWC) memory: oneDNN's fast path on a CPU
-    (measured 1.5-2x faster per step, fp32, AVX2 and AVX-512) and the tensor-core layout on CUDA."""
+    (measured 1.5-2x faster per step, fp32, AVX2 and AVX-512; eager bf16 on a Xeon is slower in it, compiled
+    the same) and the tensor-core layout on CUDA."""
     threads: int = 0
     """torch's CPU (intra-op) threads; 0 = auto: OMP_NUM_THREADS, else this process's share of the cores."""
     log_every: int = 20
