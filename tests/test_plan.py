@@ -27,6 +27,7 @@ from jepa_fast.plan import (
     summarise,
     wilson,
 )
+from jepa_fast.plan.field import cost_field, format_field
 
 SIM = SimConfig()
 
@@ -116,6 +117,34 @@ def test_batched_planning_plans_what_one_episode_at_a_time_does(tiny_run_ours):
     assert not np.allclose(paths[0][:, -1], eps.start)  # the agents moved
 
 
+class _FakeEncoder:
+    """An 'encoder' whose latent is a chosen function of the position: latent distance to the goal =
+    shape(true distance), so the field's numbers are known."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def encode(self, pos, eps):
+        v = pos - eps.goal
+        d = np.linalg.norm(v, axis=1, keepdims=True)
+        return torch.from_numpy(v / np.maximum(d, 1e-9) * self.shape(d))
+
+
+def test_the_cost_field_measures_how_far_the_latent_distance_keeps_growing():
+    eps = make_episodes("same", PlanConfig(episodes=6), SIM)
+    exact = cost_field(_FakeEncoder(lambda d: d), eps, SIM, points=200)
+    assert exact["rank_agreement"] == 1.0
+    filled = [hi for hi, n in zip(exact["edges"][1:], exact["count"]) if n > 0]
+    assert exact["reach"] == filled[-1]  # grows over every bin the rooms fill
+    med = [m for m in exact["median"] if m is not None]
+    assert med == sorted(med)
+    # grows up to 12 px, then falls: the reach is 12 px and far pairs are ordered backwards
+    folded = cost_field(_FakeEncoder(lambda d: np.where(d < 12, d, 24 - d)), eps, SIM, points=200)
+    assert folded["reach"] == 12.0
+    assert 0.5 < folded["rank_agreement"] < exact["rank_agreement"]
+    assert "| folded | 12 |" in format_field({"exact": exact, "folded": folded})
+
+
 def test_wilson_interval():
     assert wilson(0, 10)[0] == 0.0 and wilson(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
     lo, hi = wilson(5, 10)
@@ -134,6 +163,8 @@ def test_plan_writes_its_report_whole(tiny_run, tiny_run_ours, tmp_path, capsys)
         assert agent["cross"]["all"]["n"] == 2 and agent["same"]["all"]["n"] == 2
     assert blob["budget"]["success"].keys() == {"8", "16"}
     assert "| oracle-door | cross | all | 2 |" in (out / "report.md").read_text()
+    assert list(blob["field"]) == ["reference", "ours"]  # the cost field of each model, not of the baselines
+    assert "| ours | " in (out / "report.md").read_text().split("latent cost field")[1]
     assert r["out"] == str(out)
     # an existing report is kept: one line, nothing touched
     before = snapshot(out)

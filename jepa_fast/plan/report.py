@@ -16,6 +16,7 @@ from jepa_fast.config import PlanConfig, SimConfig
 from jepa_fast.errors import JepaFastError
 from jepa_fast.hardware import keep_freed_memory, resolve_device
 from jepa_fast.plan.episodes import SETS, Episodes, make_episodes, strata, stratum_names
+from jepa_fast.plan.field import cost_field, format_field
 from jepa_fast.plan.mpc import ModelAgent, OracleAgent, RandomAgent, run_episodes
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +155,7 @@ def run_plan(run: Path, out: Path | None = None, cfg: PlanConfig | None = None, 
         res = evaluate(agents, cfg, sim, log)
         sweep = budget_sweep(swept, cfg, sim, res, budgets, log) if budgets else {}
         res["budget"] = sweep
+        res["field"] = {a.name: cost_field(a, res["sets"]["same"], sim, seed=cfg.seed) for a in plain}
         with atomic.atomic_dir(out, overwrite, "plan folder", locked=True) as tmp:
             write_report(res, cfg, tmp, run, compare, time.perf_counter() - t0)
     res["out"] = str(out)
@@ -176,13 +178,20 @@ def budget_sweep(agent: ModelAgent, cfg: PlanConfig, sim: SimConfig, res: dict, 
 def write_report(res: dict, cfg: PlanConfig, out: Path, run: Path, compare, seconds: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     blob = {"config": dataclasses.asdict(cfg), "run": str(run), "compare": [str(c) for c in compare],
-            "seconds": seconds, "agents": res["agents"], "episodes": res["episodes"], "budget": res["budget"]}
+            "seconds": seconds, "agents": res["agents"], "episodes": res["episodes"], "budget": res["budget"],
+            "field": res.get("field", {})}
     atomic.atomic_write_text(out / "results.json", json.dumps(blob, indent=2))
     c = cfg
     text = (f"# Planning in two rooms: {run}\n\n{c.planner.upper()}, {c.samples} samples x {c.iterations} iterations, "
             f"horizon {c.horizon}, {c.replan_every} actions per re-plan, {c.max_steps} steps, success within "
             f"{c.success_radius:g} px, cost = {c.cost} latent distance; {c.episodes} episodes per set "
             f"({c.layouts} layouts, seed {c.seed}); {seconds:.0f} s in all.\n\n" + format_report(res, cfg) + "\n")
+    if res.get("field"):
+        text += ("\n## The latent cost field\n\nMedian squared latent distance to the goal by true distance (px), "
+                 "positions drawn in the goal's room of each same-room episode, encoder only "
+                 "(jepa_fast/plan/field.py). "
+                 "Reach: the distance up to which it keeps growing; a plain latent cost cannot lead the agent in "
+                 "from farther.\n\n" + format_field(res["field"]) + "\n")
     atomic.atomic_write_text(out / "report.md", text)
     _plot_episodes(res, out / "episodes.png")
     if res["budget"]:
