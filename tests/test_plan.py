@@ -17,6 +17,8 @@ from jepa_fast.plan import (
     ModelAgent,
     OracleAgent,
     RandomAgent,
+    cost_field,
+    format_field,
     geodesic,
     load_planning_model,
     make_episodes,
@@ -27,7 +29,6 @@ from jepa_fast.plan import (
     summarise,
     wilson,
 )
-from jepa_fast.plan.field import cost_field, format_field
 
 SIM = SimConfig()
 

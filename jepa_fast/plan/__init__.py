@@ -26,6 +26,9 @@ Protocol (every number is a ``PlanConfig`` field; the defaults are the first pro
   *oracle-greedy*: the same planner on the simulator's true dynamics with the Euclidean distance as cost
   (the ceiling of greedy planning: it stalls against the wall at the point nearest the goal);
   *oracle-door*: true dynamics with the door-aware (geodesic) distance (the ceiling of the task).
+* **The latent cost field** (``field.py``), per model: on the same-room episodes, the median squared latent
+  distance to the goal of positions drawn in the goal's room, by their true distance; its *reach* (how far
+  it keeps growing) bounds where a plain latent cost can lead the agent from, with any dynamics.
 * **Batched.** All episodes of a batch (``batch``; 0 = all) x samples are one rollout per iteration. Each
   episode's sampling noise comes from its own generator (seed, episode), so batching does not change what
   an episode samples: planning the episodes one at a time gives the same paths (tests/test_plan.py), which is
@@ -33,6 +36,7 @@ Protocol (every number is a ``PlanConfig`` field; the defaults are the first pro
 """
 
 from jepa_fast.plan.episodes import SETS, Episodes, geodesic, make_episodes, strata, stratum_names
+from jepa_fast.plan.field import cost_field, format_field
 from jepa_fast.plan.mpc import ModelAgent, OracleAgent, Outcome, RandomAgent, clip_norm, optimise, run_episodes
 from jepa_fast.plan.report import (
     evaluate,
@@ -44,6 +48,6 @@ from jepa_fast.plan.report import (
     wilson,
 )
 
-__all__ = ["SETS", "Episodes", "ModelAgent", "OracleAgent", "Outcome", "RandomAgent", "clip_norm", "evaluate",
-           "format_report", "geodesic", "load_planning_model", "make_episodes", "model_name", "optimise",
-           "run_episodes", "run_plan", "strata", "stratum_names", "summarise", "wilson"]
+__all__ = ["SETS", "Episodes", "ModelAgent", "OracleAgent", "Outcome", "RandomAgent", "clip_norm", "cost_field",
+           "evaluate", "format_field", "format_report", "geodesic", "load_planning_model", "make_episodes",
+           "model_name", "optimise", "run_episodes", "run_plan", "strata", "stratum_names", "summarise", "wilson"]
