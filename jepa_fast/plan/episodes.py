@@ -38,11 +38,13 @@ class Episodes:
         return Episodes(self.kind, self.start[idx], self.goal[idx], self.wall_x[idx], self.door_y[idx])
 
 
-def _room_x(rng: np.random.Generator, sim: SimConfig, wall_x: np.ndarray, left: np.ndarray) -> np.ndarray:
-    """A uniform x inside the left or right room (MARGIN from the border and the wall's faces)."""
+def room_points(rng: np.random.Generator, sim: SimConfig, wall_x: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Positions (n, 2) uniform inside the left or right room of each layout (MARGIN from the borders and the
+    wall's faces): x drawn first, then y."""
     lo = np.where(left, sim.border_lo + MARGIN, wall_x + sim.wall_half + MARGIN)
     hi = np.where(left, wall_x - sim.wall_half - MARGIN, sim.border_hi - MARGIN)
-    return lo + (hi - lo) * rng.random(len(wall_x))
+    x = lo + (hi - lo) * rng.random(len(wall_x))
+    return np.stack([x, rng.uniform(sim.border_lo + MARGIN, sim.border_hi - MARGIN, len(wall_x))], 1)
 
 
 def make_episodes(kind: str, cfg: PlanConfig, sim: SimConfig) -> Episodes:
@@ -54,15 +56,13 @@ def make_episodes(kind: str, cfg: PlanConfig, sim: SimConfig) -> Episodes:
     wall_x, door_y = sample_layouts(rng, sim, n, cfg.layouts)
     wall_x, door_y = wall_x.astype(np.float64), door_y.astype(np.float64)
     left = rng.random(n) < 0.5
-    y_lo, y_hi = sim.border_lo + MARGIN, sim.border_hi - MARGIN
-    start = np.stack([_room_x(rng, sim, wall_x, left), rng.uniform(y_lo, y_hi, n)], 1)
+    start = room_points(rng, sim, wall_x, left)
     goal_left = ~left if kind == "cross" else left
-    goal = np.stack([_room_x(rng, sim, wall_x, goal_left), rng.uniform(y_lo, y_hi, n)], 1)
+    goal = room_points(rng, sim, wall_x, goal_left)
     if kind == "same":  # redraw goals closer than min_distance (rooms are at least 13 px wide: always possible)
         near = np.linalg.norm(goal - start, axis=1) < cfg.min_distance
         while near.any():
-            k = int(near.sum())
-            goal[near] = np.stack([_room_x(rng, sim, wall_x[near], goal_left[near]), rng.uniform(y_lo, y_hi, k)], 1)
+            goal[near] = room_points(rng, sim, wall_x[near], goal_left[near])
             near = np.linalg.norm(goal - start, axis=1) < cfg.min_distance
     return Episodes(kind, start, goal, wall_x, door_y)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from jepa_fast.config import SimConfig
-from jepa_fast.plan.episodes import MARGIN, Episodes, _room_x
+from jepa_fast.plan.episodes import Episodes, room_points
 
 EDGES = (0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 25.0, 30.0, 40.0, 60.0)
 """Bins of true distance to the goal (pixels)."""
@@ -31,14 +31,12 @@ def cost_field(agent, eps: Episodes, sim: SimConfig, points: int = 256, seed: in
     {'edges', 'median' (per bin, None when empty), 'count', 'reach', 'rank_agreement'}."""
     rng = np.random.default_rng(seed)
     true, latent = [], []
-    y_lo, y_hi = sim.border_lo + MARGIN, sim.border_hi - MARGIN
+    goals = agent.encode(eps.goal, eps)  # (N, D)
     for i in range(len(eps)):
         one = eps.take(np.zeros(points, np.int64) + i)
-        left = one.goal[:, 0] < one.wall_x
-        pos = np.stack([_room_x(rng, sim, one.wall_x, left), rng.uniform(y_lo, y_hi, points)], 1)
+        pos = room_points(rng, sim, one.wall_x, one.goal[:, 0] < one.wall_x)
         z = agent.encode(pos, one)  # (points, D)
-        zg = agent.encode(eps.goal[i:i + 1], eps.take([i]))  # (1, D)
-        latent.append((z - zg).pow(2).sum(-1).cpu().numpy())
+        latent.append((z - goals[i]).pow(2).sum(-1).cpu().numpy())
         true.append(np.linalg.norm(pos - eps.goal[i], axis=1))
     t, lat = np.concatenate(true), np.concatenate(latent)
     median, count = [], []

@@ -179,14 +179,14 @@ def write_report(res: dict, cfg: PlanConfig, out: Path, run: Path, compare, seco
     out.mkdir(parents=True, exist_ok=True)
     blob = {"config": dataclasses.asdict(cfg), "run": str(run), "compare": [str(c) for c in compare],
             "seconds": seconds, "agents": res["agents"], "episodes": res["episodes"], "budget": res["budget"],
-            "field": res.get("field", {})}
+            "field": res["field"]}
     atomic.atomic_write_text(out / "results.json", json.dumps(blob, indent=2))
     c = cfg
     text = (f"# Planning in two rooms: {run}\n\n{c.planner.upper()}, {c.samples} samples x {c.iterations} iterations, "
             f"horizon {c.horizon}, {c.replan_every} actions per re-plan, {c.max_steps} steps, success within "
             f"{c.success_radius:g} px, cost = {c.cost} latent distance; {c.episodes} episodes per set "
             f"({c.layouts} layouts, seed {c.seed}); {seconds:.0f} s in all.\n\n" + format_report(res, cfg) + "\n")
-    if res.get("field"):
+    if res["field"]:
         text += ("\n## The latent cost field\n\nMedian squared latent distance to the goal by true distance (px), "
                  "positions drawn in the goal's room of each same-room episode, encoder only "
                  "(jepa_fast/plan/field.py). "
