@@ -2,6 +2,7 @@
 
     pip install -e '.[envs]'
     python -m bench.pusht_angle [--run runs/pusht ...] [--frames 4000] [--steps 1000]
+                                [--objective autoencoder --objective contrastive ...]
 
 PushT episodes start with the block at a random pose, so the first frames of N seeded resets are a labelled
 set of block poses. Three readings of the block angle (cos, sin) and position from a single frame, each as
@@ -10,7 +11,15 @@ error / chance (the variance of held-out targets; 1.0 = nothing read):
 * ``supervised``: the JEPA's encoder architecture (one ConvBranch, the run's widths) trained on the targets
   directly: whether the architecture can see the angle at all;
 * ``random weights``: the same architecture frozen at its initialisation, an MLP prober on its output;
-* each ``--run``: that trained JEPA's encoder, frozen, the same prober: what the training objective kept.
+* each ``--run``: that trained JEPA's encoder, frozen, the same prober: what the training objective kept;
+* each ``--objective``: the same architecture trained from scratch by a self-supervised objective other than
+  the JEPA's, for ``--ssl-steps`` steps, then frozen and read by the same prober: whether that objective
+  would keep the angle at this budget. ``autoencoder``: a decoder (transposed convolutions) reconstructs the
+  standardised frame at ``--ae-size`` pixels (MSE). ``contrastive``: ``--per-episode`` frames of each of
+  ``--ssl-batch`` episodes (recorded with ``jepa_fast.envs.pusht``, ``--episodes`` of 24 frames) are
+  projected (128 -> 256 -> 64, unit norm) and each frame's positives are the other frames of its episode,
+  its negatives every other frame in the batch (InfoNCE at temperature ``--tau``): what stays the same
+  within an episode and differs between episodes is the block's pose (the agent moves).
 
 The prober is an MLP (256 hidden units) trained for ``--probe-steps`` steps on standardised features; the
 held-out frames are other seeds. The last line is one JSON object of the error / chance figures.
@@ -27,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from bench.common import header, print_json, print_table
+from jepa_fast.model import ConvBranch
 
 TARGETS = ("block_cos", "block_sin", "block_x", "block_y")
 
@@ -77,16 +87,88 @@ def readout(encode, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torc
         return error_over_chance(prober((fv - m) / s), yv)
 
 
+def autoencoder(widths: tuple[int, ...], x: torch.Tensor, size: int, steps: int, seed: int) -> nn.Module:
+    """The encoder architecture trained with a decoder to reconstruct standardised frames x (N, 3, H, W) at
+    size x size pixels; returns the frozen encoder."""
+    torch.manual_seed(seed)
+    enc = ConvBranch(widths, 128, in_ch=3)
+    ch, side, layers = widths[-1], 6, []
+    layers += [nn.Linear(128, ch * side * side), nn.Unflatten(1, (ch, side, side))]
+    while side < size:
+        out = max(ch // 2, 16)
+        layers += [nn.ConvTranspose2d(ch, out, 4, 2, 1), nn.BatchNorm2d(out), nn.ReLU()]
+        ch, side = out, side * 2
+    dec = nn.Sequential(*layers, nn.Conv2d(ch, 3, 3, padding=1), nn.AdaptiveAvgPool2d(size))
+    target = nn.functional.adaptive_avg_pool2d(x, size)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], 1e-3)
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (64,))
+        loss = (dec(enc(x[i])) - target[i]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return enc.eval()
+
+
+def multi_positive_nce(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """InfoNCE with several positives: z (N, d) unit vectors, labels (N,); each row's positives are the other
+    rows with its label, everything else its negatives; the mean over positives of -log softmax."""
+    sim = (z @ z.T / tau).masked_fill(torch.eye(len(z), dtype=torch.bool), float("-inf"))
+    pos = (labels[:, None] == labels[None]) & ~torch.eye(len(z), dtype=torch.bool)
+    logp = sim.log_softmax(1).masked_fill(~pos, 0.0)
+    return -(logp.sum(1) / pos.sum(1)).mean()
+
+
+def contrastive(widths: tuple[int, ...], episodes: torch.Tensor, standardise, batch: int, per_episode: int,
+                tau: float, steps: int, seed: int) -> nn.Module:
+    """The encoder architecture trained by ``multi_positive_nce`` over frames of episodes (E, T, 3, H, W)
+    uint8: ``per_episode`` frames of ``batch`` episodes per step; returns the frozen encoder."""
+    torch.manual_seed(seed)
+    enc = ConvBranch(widths, 128, in_ch=3)
+    proj = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64))
+    opt = torch.optim.Adam([*enc.parameters(), *proj.parameters()], 1e-3)
+    E, T = episodes.shape[:2]
+    labels = torch.arange(batch).repeat_interleave(per_episode)
+    for _ in range(steps):
+        e = torch.randperm(E)[:batch]
+        t = torch.stack([torch.randperm(T)[:per_episode] for _ in range(batch)])  # (batch, per_episode)
+        frames = standardise(episodes[e[:, None], t].flatten(0, 1).float())
+        loss = multi_positive_nce(nn.functional.normalize(proj(enc(frames)), dim=1), labels, tau)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return enc.eval()
+
+
+def recorded_episodes(n: int, seed: int, workers: int = 2) -> torch.Tensor:
+    """(n, 24, 3, 96, 96) uint8 frames of n recorded episodes of 24 frames (seeds seed..seed+n-1)."""
+    from functools import partial
+    from multiprocessing import get_context
+
+    from jepa_fast.envs.pusht import record_episode
+
+    with get_context("spawn").Pool(workers) as pool:
+        eps = pool.map(partial(record_episode, min_len=24, max_len=24), range(seed, seed + n), chunksize=20)
+    return torch.from_numpy(np.stack([e["pixels"] for e in eps])).permute(0, 1, 4, 2, 3).contiguous()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, action="append", default=[], help="a trained PushT run (repeatable)")
     ap.add_argument("--frames", type=int, default=4000, help="labelled first frames to fit on (held out: 500)")
     ap.add_argument("--steps", type=int, default=1000, help="supervised steps of batch 64")
     ap.add_argument("--probe-steps", type=int, default=3000)
+    ap.add_argument("--objective", action="append", default=[], choices=("autoencoder", "contrastive"),
+                    help="train the architecture with this self-supervised objective and read it (repeatable)")
+    ap.add_argument("--ssl-steps", type=int, default=1000, help="steps of each --objective")
+    ap.add_argument("--ae-size", type=int, default=48, help="autoencoder: reconstruction size in pixels")
+    ap.add_argument("--episodes", type=int, default=1500, help="contrastive: recorded episodes of 24 frames")
+    ap.add_argument("--ssl-batch", type=int, default=128, help="contrastive: episodes per step")
+    ap.add_argument("--per-episode", type=int, default=2, help="contrastive: frames of each episode per step")
+    ap.add_argument("--tau", type=float, default=0.1, help="contrastive: InfoNCE temperature")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     from jepa_fast.config import ModelConfig
-    from jepa_fast.model import ConvBranch
     from jepa_fast.probe import load_checkpoint_model
 
     header("pusht_angle: can the encoder architecture, random weights and trained runs read the block angle?")
@@ -116,6 +198,21 @@ def main() -> None:
             return model.encode_stored(b.unsqueeze(1), torch.ones(3))[:, 0]
 
         row(f"trained ({run})", f"trained_{run.name}", readout(encode, x, y, xv, yv, args.probe_steps, args.seed))
+    def standardise(b: torch.Tensor) -> torch.Tensor:
+        return (b - mean) / std
+
+    for objective in args.objective:
+        if objective == "autoencoder":
+            enc = autoencoder(widths, standardise(x), args.ae_size, args.ssl_steps, args.seed)
+            name = f"autoencoder {args.ae_size}x{args.ae_size} ({args.ssl_steps} steps)"
+        else:
+            episodes = recorded_episodes(args.episodes, 500_000 + args.seed)
+            enc = contrastive(widths, episodes, standardise, args.ssl_batch, args.per_episode, args.tau,
+                              args.ssl_steps, args.seed)
+            name = (f"contrastive, {args.per_episode} frames x {args.ssl_batch} of {args.episodes} episodes "
+                    f"({args.ssl_steps} steps)")
+        row(name, objective, readout(lambda b, enc=enc: enc(standardise(b)), x, y, xv, yv, args.probe_steps,
+                                     args.seed))
     print(f"error / chance on 500 held-out first frames (lower is better; 1.0 = nothing read), fit on {args.frames}:")
     print_table(rows, ["encoder", *TARGETS])
     print_json({"bench": "pusht_angle", "frames": args.frames, **fig})
