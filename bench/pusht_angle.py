@@ -57,16 +57,26 @@ def first_frames(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(), torch.tensor(y, dtype=torch.float32)
 
 
+def adam_steps(modules: list[nn.Module], steps: int, loss) -> None:
+    """``steps`` Adam steps (lr 1e-3) on the trainable parameters of ``modules``; ``loss()`` draws a batch and
+    returns its loss."""
+    opt = torch.optim.Adam([p for m in modules for p in m.parameters() if p.requires_grad], 1e-3)
+    for _ in range(steps):
+        value = loss()
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+
+
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
     model.train()
-    for _ in range(steps):
+
+    def loss() -> torch.Tensor:
         i = torch.randint(0, len(x), (batch,))
-        loss = (model(x[i]) - y[i]).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return (model(x[i]) - y[i]).pow(2).mean()
+
+    adam_steps([model], steps, loss)
     return model.eval()
 
 
@@ -100,13 +110,12 @@ def autoencoder(widths: tuple[int, ...], x: torch.Tensor, size: int, steps: int,
         ch, side = out, side * 2
     dec = nn.Sequential(*layers, nn.Conv2d(ch, 3, 3, padding=1), nn.AdaptiveAvgPool2d(size))
     target = nn.functional.adaptive_avg_pool2d(x, size)
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], 1e-3)
-    for _ in range(steps):
+
+    def loss() -> torch.Tensor:
         i = torch.randint(0, len(x), (64,))
-        loss = (dec(enc(x[i])) - target[i]).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return (dec(enc(x[i])) - target[i]).pow(2).mean()
+
+    adam_steps([enc, dec], steps, loss)
     return enc.eval()
 
 
@@ -126,30 +135,25 @@ def contrastive(widths: tuple[int, ...], episodes: torch.Tensor, standardise, ba
     torch.manual_seed(seed)
     enc = ConvBranch(widths, 128, in_ch=3)
     proj = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64))
-    opt = torch.optim.Adam([*enc.parameters(), *proj.parameters()], 1e-3)
     E, T = episodes.shape[:2]
     labels = torch.arange(batch).repeat_interleave(per_episode)
-    for _ in range(steps):
+
+    def loss() -> torch.Tensor:
         e = torch.randperm(E)[:batch]
         t = torch.stack([torch.randperm(T)[:per_episode] for _ in range(batch)])  # (batch, per_episode)
         frames = standardise(episodes[e[:, None], t].flatten(0, 1).float())
-        loss = multi_positive_nce(nn.functional.normalize(proj(enc(frames)), dim=1), labels, tau)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return multi_positive_nce(nn.functional.normalize(proj(enc(frames)), dim=1), labels, tau)
+
+    adam_steps([enc, proj], steps, loss)
     return enc.eval()
 
 
-def recorded_episodes(n: int, seed: int, workers: int = 2) -> torch.Tensor:
+def recorded_episodes(n: int, seed: int) -> torch.Tensor:
     """(n, 24, 3, 96, 96) uint8 frames of n recorded episodes of 24 frames (seeds seed..seed+n-1)."""
-    from functools import partial
-    from multiprocessing import get_context
+    from jepa_fast.envs.pusht import record_episodes
 
-    from jepa_fast.envs.pusht import record_episode
-
-    with get_context("spawn").Pool(workers) as pool:
-        eps = pool.map(partial(record_episode, min_len=24, max_len=24), range(seed, seed + n), chunksize=20)
-    return torch.from_numpy(np.stack([e["pixels"] for e in eps])).permute(0, 1, 4, 2, 3).contiguous()
+    frames = [e["pixels"] for e in record_episodes(range(seed, seed + n), min_len=24, max_len=24)]
+    return torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).contiguous()
 
 
 def main() -> None:
@@ -175,7 +179,7 @@ def main() -> None:
     x8, y = first_frames(args.frames, 100_000 + args.seed)
     xv8, yv = first_frames(500, 900_000 + args.seed)
     x, xv = x8.float(), xv8.float()
-    mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
+    standardise = _Standardise(x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True))
     widths = ModelConfig().encoder_widths
     rows, fig = [], {}
 
@@ -185,12 +189,12 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     sup = nn.Sequential(ConvBranch(widths, 128, in_ch=3), nn.ReLU(), nn.Linear(128, len(TARGETS)))
-    sup = fit(nn.Sequential(_Standardise(mean, std), sup), x, y, args.steps, 64, args.seed)
+    sup = fit(nn.Sequential(standardise, sup), x, y, args.steps, 64, args.seed)
     with torch.no_grad():
         row(f"supervised ({args.steps} steps)", "supervised", error_over_chance(sup(xv), yv))
     torch.manual_seed(args.seed + 1)
     rnd = ConvBranch(widths, 128, in_ch=3).eval()
-    row("random weights", "random", readout(lambda b: rnd((b - mean) / std), x, y, xv, yv, args.probe_steps, args.seed))
+    row("random weights", "random", readout(lambda b: rnd(standardise(b)), x, y, xv, yv, args.probe_steps, args.seed))
     for run in args.run:
         model, _ = load_checkpoint_model(run, torch.device("cpu"))
 
@@ -198,9 +202,6 @@ def main() -> None:
             return model.encode_stored(b.unsqueeze(1), torch.ones(3))[:, 0]
 
         row(f"trained ({run})", f"trained_{run.name}", readout(encode, x, y, xv, yv, args.probe_steps, args.seed))
-    def standardise(b: torch.Tensor) -> torch.Tensor:
-        return (b - mean) / std
-
     for objective in args.objective:
         if objective == "autoencoder":
             enc = autoencoder(widths, standardise(x), args.ae_size, args.ssl_steps, args.seed)

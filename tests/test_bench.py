@@ -98,7 +98,7 @@ def test_bench_plan_times_both_modes_on_the_same_episodes(tiny_run_ours, capsys)
     assert fig["episodes"] == 2 and fig["batched_vs_sequential"] > 0 and fig["max_path_difference_px"] < 1e-3
 
 
-def test_pusht_angle_contrastive_loss_rewards_grouping_by_episode_and_both_objectives_train():
+def test_pusht_angle_contrastive_loss_rewards_grouping_by_episode_and_both_objectives_return_frozen_encoders():
     """multi_positive_nce is low when frames sit with their episode's other frames and high when the labels are
     shuffled; it equals the closed form for two groups of two; the autoencoder and contrastive objectives of
     bench/pusht_angle.py run on tiny seeded data and return frozen encoders of the right width."""

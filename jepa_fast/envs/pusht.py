@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import closing
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -85,6 +87,15 @@ def record_episode(seed: int, min_len: int = 24, max_len: int = 96, push_fractio
             "policy": "push" if push else "wander"}
 
 
+def record_episodes(seeds, min_len: int = 24, max_len: int = 96, push_fraction: float = 0.6,
+                    workers: int = 0) -> Iterator[dict]:
+    """The episodes (``record_episode``) of ``seeds``, recorded in ``workers`` processes (0: one per core, at
+    most 8) and yielded in seed order; closing the generator stops the processes."""
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    with get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_record_args, [(s, min_len, max_len, push_fraction) for s in seeds], chunksize=4)
+
+
 def record(out: Path, episodes: int, seed: int = 0, workers: int = 0, min_len: int = 24, max_len: int = 96,
            push_fraction: float = 0.6, overwrite: bool = False, progress: bool = True) -> dict:
     """Record ``episodes`` episodes (seeds seed x 1,000,003 + i) into the HDF5 file ``out``, written aside and
@@ -96,7 +107,6 @@ def record(out: Path, episodes: int, seed: int = 0, workers: int = 0, min_len: i
         raise JepaFastError(f"episodes {episodes}, lengths {min_len}-{max_len}: need >= 1 episode of >= 2 frames")
     if out.exists() and not overwrite:
         raise JepaFastError(f"{out} exists; pass --overwrite to replace it")
-    workers = workers or min(len(os.sched_getaffinity(0)), 8)
     seeds = [seed * 1_000_003 + i for i in range(episodes)]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,10 +116,10 @@ def record(out: Path, episodes: int, seed: int = 0, workers: int = 0, min_len: i
 
     bar = tqdm(total=episodes, unit="episode", disable=not progress, desc=f"record {out.name}", dynamic_ncols=True)
     try:
-        with get_context("fork").Pool(workers) as pool, h5py.File(tmp, "w") as f:
+        jobs = record_episodes(seeds, min_len, max_len, push_fraction, workers)
+        with closing(jobs), h5py.File(tmp, "w") as f:
             f.attrs.update({"env": "gym_pusht/PushT-v0", "seed": seed, "min_len": min_len, "max_len": max_len,
                             "push_fraction": push_fraction, "target_names": ",".join(TARGET_NAMES)})
-            jobs = pool.imap(_record_args, [(s, min_len, max_len, push_fraction) for s in seeds], chunksize=4)
             for i, ep in enumerate(jobs):
                 g = f.create_group(f"episode_{i}")
                 g.create_dataset("observations/pixels", data=ep["pixels"], chunks=(1, 96, 96, 3))
