@@ -172,6 +172,12 @@ def main() -> None:
     ap.add_argument("--tau", type=float, default=0.1, help="contrastive: InfoNCE temperature")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if not 2 <= args.per_episode <= 24:
+        ap.error(f"--per-episode {args.per_episode}: episodes have 24 frames; use 2-24 (two or more positives)")
+    if not 2 <= args.ssl_batch <= args.episodes:
+        ap.error(f"--ssl-batch {args.ssl_batch}: need 2 to --episodes ({args.episodes}) episodes per step")
+    if min(args.frames, args.steps, args.probe_steps, args.ssl_steps, args.ae_size) < 1 or args.tau <= 0:
+        ap.error("--frames, --steps, --probe-steps, --ssl-steps and --ae-size must be >= 1, --tau > 0")
     from jepa_fast.config import ModelConfig
     from jepa_fast.probe import load_checkpoint_model
 

@@ -125,3 +125,17 @@ def test_pusht_angle_contrastive_loss_rewards_grouping_by_episode_and_both_objec
     assert not enc.training and enc(torch.rand(2, 3, 32, 32)).shape == (2, 128)
     enc = autoencoder((4, 8), torch.rand(8, 3, 32, 32), size=12, steps=2, seed=0)
     assert not enc.training and enc(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+
+
+@pytest.mark.parametrize("argv, message", [(["--ssl-batch", "2000"], "--ssl-batch 2000"),
+                                           (["--per-episode", "30"], "--per-episode 30"),
+                                           (["--tau", "0"], "--tau > 0")])
+def test_pusht_angle_refuses_bad_arguments_in_one_line_before_any_work(monkeypatch, capsys, argv, message):
+    from bench import pusht_angle
+
+    monkeypatch.setattr("sys.argv", ["pusht_angle", *argv])
+    monkeypatch.setattr(pusht_angle, "first_frames", lambda *a: pytest.fail("work started"))
+    with pytest.raises(SystemExit):
+        pusht_angle.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "".join(err)
