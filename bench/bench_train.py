@@ -25,7 +25,10 @@ timed steps, cut into windows of ``--window`` steps. jepa-fast is timed by its o
 record per window, ``train.log_every = --window``: the loop's only host sync, so on a GPU each window
 ends with a synchronize); the reference loop is timed at the same step boundaries. ``--rounds``
 repeats the pair alternately (reference, jepa-fast, reference, ...) so that drift on a shared machine
-hits both. The headline ratio is frames/s over all timed steps of all rounds (total frames / total
+hits both. Every loop runs in a fresh process (spawned; its start-up is not timed), as its users run it:
+what one loop sets in its process (jepa-fast's glibc setting that keeps freed large blocks, torch's
+threads, compile state) never reaches the next. In one process the reference loop ran faster after the
+first jepa-fast loop had set the allocator (on a 2-core EPYC: 807 -> ~670 ms/step), so its rounds differed. The headline ratio is frames/s over all timed steps of all rounds (total frames / total
 seconds, identical step counts on both sides); the spread is min/median/max of the per-window
 frames/s, and of the per-round ratios, so a single noisy window cannot make the headline.
 
@@ -36,7 +39,10 @@ dataset preset) in <= 5 s.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import multiprocessing
+import os
 import re
 import shutil
 import statistics
@@ -92,6 +98,16 @@ class Timing:
         return {"frames_per_s": self.fps, "ms_per_step": 1e3 * self.seconds / self.steps, "timed_steps": self.steps,
                 "window_fps_min": min(w), "window_fps_median": statistics.median(w), "window_fps_max": max(w),
                 "data_wait_pct": 100 * self.wait_s / self.seconds}
+
+
+def _fresh_process(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a new spawned interpreter; returns (its result, that process's pid)."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_with_pid, fn, *args, **kwargs).result()
+
+
+def _with_pid(fn, *args, **kwargs):
+    return fn(*args, **kwargs), os.getpid()
 
 
 def _sync(device: torch.device) -> None:
@@ -206,18 +222,23 @@ def main(argv: list[str] | None = None) -> dict:
         refs: list[Timing] = []
         fast: dict[str, list[Timing]] = {p: [] for p in [*precisions, *variants]}
         info: dict[str, dict] = {}
+        pids: set[int] = set()
         for r in range(args.rounds):
-            refs.append(reference_loop(raw, batch, args.warmup, args.steps, args.window, device, T))
+            timing, pid = _fresh_process(reference_loop, raw, batch, args.warmup, args.steps, args.window, device, T)
+            refs.append(timing)
+            pids.add(pid)
             for p in precisions:
-                timing, info[p] = jepa_fast_loop(store, work / f"run-{p}-{r}", p, batch, args.warmup, args.steps,
-                                                 args.window, compile_for(p), impl, T,
-                                                 profile=args.profile if (p == auto and r == 0) else None)
+                (timing, info[p]), pid = _fresh_process(
+                    jepa_fast_loop, store, work / f"run-{p}-{r}", p, batch, args.warmup, args.steps, args.window,
+                    compile_for(p), impl, T, profile=args.profile if (p == auto and r == 0) else None)
                 fast[p].append(timing)
+                pids.add(pid)
             for label, sets in variants.items():
-                timing, info[label] = jepa_fast_loop(store, work / f"run-{label}-{r}", auto, batch, args.warmup,
-                                                     args.steps, args.window, compile_for(auto), impl, T,
-                                                     overrides=sets)
+                (timing, info[label]), pid = _fresh_process(
+                    jepa_fast_loop, store, work / f"run-{label}-{r}", auto, batch, args.warmup, args.steps,
+                    args.window, compile_for(auto), impl, T, overrides=sets)
                 fast[label].append(timing)
+                pids.add(pid)
         ref_all = _merge(refs)
         rows = [{"loop": "reference (naive loader, eager fp32)", **ref_all.figures()}]
         for p in precisions:
@@ -230,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
                          **_merge(fast[label]).figures()})
         compile_s = info[auto]["compile_s"]
         print(f"\ndevice {device}, batch {batch}, {args.rounds} round(s) of {args.steps} timed steps after "
-              f"{args.warmup} warm-up steps, windows of {args.window}; precision auto = {NAMES[auto]} ({why}); "
+              f"{args.warmup} warm-up steps, windows of {args.window}, each loop in a fresh process; precision auto = {NAMES[auto]} ({why}); "
               f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_has_native_bf16()}"
               + (f", compile took {compile_s:.1f} s" if compile_s else "") + "\n")
         print_table([{"loop": r["loop"], "frames/s": r["frames_per_s"], "ms/step": r["ms_per_step"],
@@ -242,7 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
         figures = {"bench": "train", "device": str(device), "batch": batch, "warmup": args.warmup,
                    "steps": args.steps, "window": args.window, "rounds": args.rounds,
                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_native_bf16(),
-                   "auto_precision": NAMES[auto], **_prefixed("reference", ref_all)}
+                   "auto_precision": NAMES[auto], "loop_processes": len(pids - {os.getpid()}),
+                   **_prefixed("reference", ref_all)}
         print()
         for p in [*precisions, *variants]:
             name = NAMES.get(p, p)

@@ -15,6 +15,8 @@ def test_bench_train_times_jepa_fast_over_exactly_the_reference_steps(capsys):
                             "--variant", "nchw=train.channels_last=false"])
     auto = fig["auto_precision"]
     assert fig["reference_timed_steps"] == fig[f"jepa_fast_{auto}_timed_steps"] == 6
+    # each loop ran in its own fresh process: one loop's allocator, threads or compile state cannot reach another
+    assert fig["loop_processes"] == 3
     assert fig[f"jepa_fast_{auto}_window_fps_min"] <= fig[f"jepa_fast_{auto}_window_fps_median"] \
         <= fig[f"jepa_fast_{auto}_window_fps_max"]
     # the headline is total frames / total seconds over those steps, not one window's rate
