@@ -28,9 +28,12 @@ repeats the pair alternately (reference, jepa-fast, reference, ...) so that drif
 hits both. Every loop runs in a fresh process (spawned; its start-up is not timed), as its users run it:
 what one loop sets in its process (jepa-fast's glibc setting that keeps freed large blocks, torch's
 threads, compile state) never reaches the next. In one process the reference loop ran faster after the
-first jepa-fast loop had set the allocator (on a 2-core EPYC: 807 -> ~670 ms/step), so its rounds differed. The headline ratio is frames/s over all timed steps of all rounds (total frames / total
+first jepa-fast loop had set the allocator (on a 2-core EPYC: 807 -> ~670 ms/step), so its rounds
+differed. The headline ratio is frames/s over all timed steps of all rounds (total frames / total
 seconds, identical step counts on both sides); the spread is min/median/max of the per-window
-frames/s, and of the per-round ratios, so a single noisy window cannot make the headline.
+frames/s, and of the per-round ratios, so a single noisy window cannot make the headline. To compare
+against a reference loop whose glibc also keeps freed blocks, set ``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_`` (every loop inherits them).
 
 Targets: >= 3x on a 2-core CPU; on one GPU >= 10x, and an epoch of the full train split (the ``full``
 dataset preset) in <= 5 s.
@@ -251,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
                          **_merge(fast[label]).figures()})
         compile_s = info[auto]["compile_s"]
         print(f"\ndevice {device}, batch {batch}, {args.rounds} round(s) of {args.steps} timed steps after "
-              f"{args.warmup} warm-up steps, windows of {args.window}, each loop in a fresh process; precision auto = {NAMES[auto]} ({why}); "
+              f"{args.warmup} warm-up steps, windows of {args.window}, each loop in a fresh process; "
+              f"precision auto = {NAMES[auto]} ({why}); "
               f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_has_native_bf16()}"
               + (f", compile took {compile_s:.1f} s" if compile_s else "") + "\n")
         print_table([{"loop": r["loop"], "frames/s": r["frames_per_s"], "ms/step": r["ms_per_step"],

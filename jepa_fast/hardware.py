@@ -24,11 +24,12 @@ run resolves ``auto`` again on its own machine (saying what changed):
                machine, half the cores of this process, at most 8
     malloc     on Linux with glibc, freed blocks of up to 1 GiB stay in the process (mallopt M_MMAP_THRESHOLD
                and M_TRIM_THRESHOLD): by default glibc maps every block above 32 MiB afresh and unmaps it when
-               freed, so each of a CPU step's large activations (batch 512 x 17 frames x 8 x 33 x 33 fp32 =
-               38 MiB) costs a page fault per 4 KiB page, every step (on a 2-core Zen 3 VM, 75% of the CPU in
-               the kernel). `ours` (batch 512), 12 steps twice each, interleaved, on that VM: 67.2 / 67.6 s
-               default vs 56.1 / 56.9 s kept (1.19x for the whole run, start-up included). Left alone when
-               MALLOC_MMAP_THRESHOLD_ is set or JEPA_FAST_MALLOC=default
+               freed, so each of a CPU step's large activations (batch 64 x 17 frames x 8 x 33 x 33 fp32 =
+               38 MiB; 8x that at batch 512) costs a page fault per 4 KiB page, every step (on a 2-core Zen 3
+               VM, 75% of the CPU in the kernel). `ours` (batch 512), 12 steps twice each, interleaved, on
+               that VM: 67.2 / 67.6 s default vs 56.1 / 56.9 s kept (1.19x for the whole run, start-up
+               included); the reference model at batch 64 (bench_train): the same step time either way. Left
+               alone when MALLOC_MMAP_THRESHOLD_ is set or JEPA_FAST_MALLOC=default
 """
 
 from __future__ import annotations
