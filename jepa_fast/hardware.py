@@ -28,8 +28,9 @@ run resolves ``auto`` again on its own machine (saying what changed):
                38 MiB; 8x that at batch 512) costs a page fault per 4 KiB page, every step (on a 2-core Zen 3
                VM, 75% of the CPU in the kernel). `ours` (batch 512), 12 steps twice each, interleaved, on
                that VM: 67.2 / 67.6 s default vs 56.1 / 56.9 s kept (1.19x for the whole run, start-up
-               included); the reference model at batch 64 (bench_train, AVX2): 312 ms/step default, 239-245 kept. Left
-               alone when MALLOC_MMAP_THRESHOLD_ is set or JEPA_FAST_MALLOC=default
+               included). jepa-fast's step of the reference model at batch 64 (bench_train, AVX2, separate runs
+               on a noisy VM): 312 ms default, 239-245 ms kept. Left alone when MALLOC_MMAP_THRESHOLD_ is set or
+               JEPA_FAST_MALLOC=default
 """
 
 from __future__ import annotations
