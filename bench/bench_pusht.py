@@ -65,7 +65,8 @@ def train_run(store_root: Path, out: Path, steps: int, seq_len: int, stride: int
 
     run = apply_overrides(run_preset("ours-small"), [f"data.seq_len={seq_len}", f"data.stride={stride}",
                                                       f"train.max_steps={steps}", "train.log_every=10",
-                                                      f"model.idm_hidden={idm_hidden}"])
+                                                      f"model.idm_hidden={idm_hidden}",
+                                                      "data.augment.flip_lr=0"])  # PushT declares no flip rule
     return train(run, store_root, out, progress=False)
 
 

@@ -415,6 +415,22 @@ def test_any_data_trains_and_probes_end_to_end(episodes_raw, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_preset_flips_are_off_on_data_without_flip_rules_and_asked_ones_refused(episodes_store, tmp_path, capsys):
+    """``ours-small`` flips left-right (a two-rooms recipe); on data that declares no flip rule its preset flips
+    are turned off and said, while flips asked for on the command line are refused in one line."""
+    argv = ["train", str(episodes_store), "--preset", "ours-small", "--seq-len", "6", "--steps", "1",
+            "--batch-size", "8", "--no-progress"]
+    assert run_preset("ours-small").data.augment.flip_lr == 0.5
+    assert cli.main(argv + ["--out", str(tmp_path / "a")]) == 0
+    assert "data.augment.flip_lr of preset ours-small off" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["data"]["augment"]["flip_lr"] == 0.0
+    for asked in (["--set", "data.augment.flip_lr=0.5"], ["--augment", "flips"]):
+        assert cli.main(argv + ["--out", str(tmp_path / "b")] + asked) == 2
+        one_line(capsys, "declares no lr flip rule")
+        assert not (tmp_path / "b" / "checkpoints").exists()
+
+
 def test_init_from_weights_of_other_data_is_refused(episodes_raw, tiny_packed, tmp_path, capsys):
     root = tmp_path / "packed"
     pack_split(episodes_raw, root / "train.zarr", progress=False)

@@ -109,8 +109,30 @@ def _cmd_train(args) -> None:
     from jepa_fast.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train(config_from_args(args), args.data, args.out, resume=args.resume, progress=not args.no_progress,
+    run = config_from_args(args)
+    asked = args.augment is not None or any(s.partition("=")[0].strip().startswith("data.augment") for s in args.set)
+    if not (args.resume or asked):
+        run = _preset_flips_for(run, args.data)
+    train(run, args.data, args.out, resume=args.resume, progress=not args.no_progress,
           init=args.init, overwrite=args.overwrite, other_data=args.other_data)
+
+
+def _preset_flips_for(run, data: Path):
+    """The run with the preset's flips that ``data`` declares no rule for turned off (said in one line); flips
+    asked for with ``--augment`` or ``--set`` are left to the loader, which refuses them on such data."""
+    import dataclasses
+
+    from jepa_fast.data.batch import undeclared_flips_off
+    from jepa_fast.data.reader import StoreReader
+    from jepa_fast.train import resolve_store
+
+    store = resolve_store(data)
+    augment, off = undeclared_flips_off(run.data.augment, StoreReader(store).spec())
+    if not off:
+        return run
+    print(f"augment: {', '.join(f'data.augment.flip_{n}' for n in off)} of preset {run.preset} off: {store} "
+          "declares no flip rule for it (how a flip changes the actions and targets)", file=sys.stderr)
+    return dataclasses.replace(run, data=dataclasses.replace(run.data, augment=augment))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ compiled step), where it fuses with the first convolution's input read instead o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,14 @@ def check_flips(data: SplitData, augment) -> None:
         if p > 0 and name not in data.spec.flips:
             raise JepaFastError(f"data.augment.flip_{name}={p}: {data.path} declares no {name} flip rule (how a flip "
                                 "changes its actions and targets), so flipping would break them; set it to 0")
+
+
+def undeclared_flips_off(augment, spec) -> tuple:
+    """(augment with every flip the data declares no rule for set to 0, the names of those flips): how a
+    preset's flips (``ours``: left-right, for two-rooms) meet data that has no flip rules. A flip asked for
+    explicitly is refused instead (``check_flips``)."""
+    off = [n for n in ("lr", "ud") if getattr(augment, f"flip_{n}") > 0 and n not in spec.flips]
+    return dataclasses.replace(augment, **{f"flip_{n}": 0.0 for n in off}), off
 
 
 def decode_flipped(data: SplitData, indices: np.ndarray, out: np.ndarray, flip_lr: np.ndarray,
