@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -141,3 +143,13 @@ def test_pusht_angle_refuses_bad_arguments_in_one_line_before_any_work(monkeypat
         pusht_angle.main()
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_bench_pusht_trains_its_preset_on_data_without_flip_rules(episodes_store, tmp_path):
+    """bench_pusht trains ``ours-small`` (whose preset flips left-right) through train() on a store that declares
+    no flip rule: the bench turns the flips off itself, so it trains instead of stopping at the loader's check."""
+    from bench.bench_pusht import train_run
+
+    summary = train_run(episodes_store, tmp_path / "run", steps=1, seq_len=6, stride=6, idm_hidden=8)
+    assert summary["step"] == 1 and summary["checkpoint"] is not None
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["augment"]["flip_lr"] == 0.0
