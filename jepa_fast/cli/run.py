@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -130,8 +131,9 @@ def _preset_flips_for(run, data: Path):
     augment, off = undeclared_flips_off(run.data.augment, StoreReader(store).spec())
     if not off:
         return run
-    print(f"augment: {', '.join(f'data.augment.flip_{n}' for n in off)} of preset {run.preset} off: {store} "
-          "declares no flip rule for it (how a flip changes the actions and targets)", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # one line for a multi-process launch
+        print(f"augment: {', '.join(f'data.augment.flip_{n}' for n in off)} of preset {run.preset} off: {store} "
+              "declares no flip rule for it (how a flip changes the actions and targets)", file=sys.stderr)
     return dataclasses.replace(run, data=dataclasses.replace(run.data, augment=augment))
 
 
