@@ -7,8 +7,11 @@ spec, and every checkpoint records it, so a model can be rebuilt and probed with
 
 Flip rules say how a left-right or up-down flip of the frames transforms actions and targets, so that
 augmentation keeps the physics true: ``negate`` lists the action components that change sign (a
-displacement along the flipped axis), ``mirror`` lists (target component, c) pairs that map t -> c - t
-(a position along it). A store without rules cannot be flipped.
+displacement along the flipped axis), ``mirror_actions`` lists (action component, c) pairs that map
+a -> c - a (an absolute position along it, e.g. PushT's target point), ``mirror`` lists (target component,
+c) pairs that map t -> c - t (a position along it; c = 0 negates, e.g. the sine of an angle under a left-right
+flip). A store without rules cannot be flipped. Their JSON form, in a store's attrs, a checkpoint and a
+source's meta.json: {"lr": {"negate": [0], "mirror_actions": [[1, 512.0]], "mirror": [[0, 95.0]]}, "ud": ...}.
 """
 
 from __future__ import annotations
@@ -25,6 +28,28 @@ class FlipRule:
     """Action components that change sign."""
     mirror: tuple[tuple[int, float], ...] = ()
     """(target component, c): the target maps t -> c - t."""
+    mirror_actions: tuple[tuple[int, float], ...] = ()
+    """(action component, c): the action maps a -> c - a."""
+
+    def to_json(self) -> dict:
+        """The JSON form; ``mirror_actions`` only when there are some, so that rules without them (every store
+        written before they existed) serialise to the same bytes."""
+        d = {"negate": list(self.negate), "mirror": [list(m) for m in self.mirror]}
+        if self.mirror_actions:
+            d["mirror_actions"] = [list(m) for m in self.mirror_actions]
+        return d
+
+    @staticmethod
+    def from_json(d: dict) -> FlipRule:
+        """The rule of its ``to_json`` form (unchecked: ``flips_from_json`` checks a user's file)."""
+        return FlipRule(tuple(int(i) for i in d.get("negate", ())),
+                        tuple((int(k), float(c)) for k, c in d.get("mirror", ())),
+                        tuple((int(k), float(c)) for k, c in d.get("mirror_actions", ())))
+
+
+def flips_to_json(flips: dict[str, FlipRule]) -> dict:
+    """{'lr'/'ud': rule} in JSON form."""
+    return {k: r.to_json() for k, r in flips.items()}
 
 
 @dataclass(frozen=True)
@@ -81,8 +106,7 @@ class DataSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["flips"] = {k: {"negate": list(r.negate), "mirror": [list(m) for m in r.mirror]}
-                      for k, r in self.flips.items()}
+        d["flips"] = flips_to_json(self.flips)
         return d
 
     @staticmethod
@@ -91,38 +115,49 @@ class DataSpec:
         if d is None:
             return TWO_ROOMS
         d = dict(d)
-        flips = {k: FlipRule(tuple(r.get("negate", ())), tuple((int(c), float(v)) for c, v in r.get("mirror", ())))
-                 for k, r in (d.pop("flips", None) or {}).items()}
+        flips = {k: FlipRule.from_json(r) for k, r in (d.pop("flips", None) or {}).items()}
         known = {f.name for f in dataclasses.fields(DataSpec)}
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known}
         return DataSpec(**kw, flips=flips)
 
 
 def flips_from_json(d, action_size: int, n_targets: int, where: str) -> dict[str, FlipRule]:
-    """Flip rules from their JSON form ({"lr": {"negate": [0], "mirror": [[0, 95.0]]}, "ud": ...}), checked
-    against the action size and the number of target components; ``where`` names the file in errors."""
+    """Flip rules from their JSON form ({"lr": {"negate": [0], "mirror_actions": [[1, 512.0]], "mirror": [[0, 95.0]]},
+    "ud": ...}), checked against the action size and the number of target components; ``where`` names the file in
+    errors."""
+    import math
+
     from jepa_fast.errors import JepaFastError
 
-    hint = ('expected {"lr": {"negate": [action components], "mirror": [[target component, c], ...]}, "ud": ...}; '
-            "mirror maps t -> c - t")
+    hint = ('expected {"lr": {"negate": [action components], "mirror_actions": [[action component, c], ...], '
+            '"mirror": [[target component, c], ...]}, "ud": ...}; a mirror maps v -> c - v')
     if not isinstance(d, dict) or not set(d) <= {"lr", "ud"}:
         raise JepaFastError(f"{where}: flips: {hint}")
     out = {}
     for name, rule in d.items():
-        if not isinstance(rule, dict) or not set(rule) <= {"negate", "mirror"}:
+        if not isinstance(rule, dict) or not set(rule) <= {"negate", "mirror", "mirror_actions"}:
             raise JepaFastError(f"{where}: flips.{name}: {hint}")
         try:
-            negate = tuple(int(i) for i in rule.get("negate", ()))
-            mirror = tuple((int(k), float(c)) for k, c in rule.get("mirror", ()))
+            r = FlipRule.from_json(rule)
         except (TypeError, ValueError):
             raise JepaFastError(f"{where}: flips.{name}: {hint}") from None
-        if any(not 0 <= i < action_size for i in negate):
-            raise JepaFastError(f"{where}: flips.{name}.negate {list(negate)}: action components are "
-                                f"0..{action_size - 1}")
-        if any(not 0 <= k < n_targets for k, _ in mirror):
+        for key, pairs in (("mirror", r.mirror), ("mirror_actions", r.mirror_actions)):
+            if not all(math.isfinite(c) for _, c in pairs):
+                raise JepaFastError(f"{where}: flips.{name}.{key}: every c must be a finite number")
+        actions = [*r.negate, *(k for k, _ in r.mirror_actions)]
+        if any(not 0 <= i < action_size for i in actions):
+            raise JepaFastError(f"{where}: flips.{name}: action components {actions} named in negate/mirror_actions; "
+                                f"this data's are 0..{action_size - 1}")
+        if len(set(actions)) != len(actions):
+            raise JepaFastError(f"{where}: flips.{name}: an action component is named twice in negate/mirror_actions; "
+                                "each component changes one way")
+        targets = [k for k, _ in r.mirror]
+        if any(not 0 <= k < n_targets for k in targets):
             raise JepaFastError(f"{where}: flips.{name}.mirror: target components are 0..{n_targets - 1}"
                                 + ("" if n_targets else " (this data has no targets)"))
-        out[name] = FlipRule(negate, mirror)
+        if len(set(targets)) != len(targets):
+            raise JepaFastError(f"{where}: flips.{name}.mirror: a target component is named twice")
+        out[name] = r
     return out
 
 

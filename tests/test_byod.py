@@ -149,6 +149,49 @@ def test_bad_hdf5_is_one_line_naming_file_episode_and_key(tmp_path, capsys, case
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.hdf5"]  # nothing half-written
 
 
+@needs_h5py
+def test_hdf5_meta_names_channels_and_targets_and_declares_flips(tmp_path, capsys):
+    """X.meta.json beside X.hdf5, or the file --meta names, gives an HDF5 file what a .npy folder's meta.json
+    gives it: channel and target names and flip rules, in the store's spec; a store without one has none."""
+    eps = dot_episodes(1, 4)
+    keys = _write_hdf5(tmp_path / "eps.hdf5", "minari", eps)
+    flags = ["--no-progress", "--targets", keys["targets"]]
+    assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "plain.zarr"), *flags]) == 0
+    plain = StoreReader(tmp_path / "plain.zarr").spec()
+    assert plain.flips == {} and plain.channel_names == ("c0", "c1", "c2") and plain.target_names == ("pos_0", "pos_1")
+
+    meta = {"channel_names": ["r", "g", "b"], "target_names": ["x", "y"],
+            "flips": {"ud": {"mirror_actions": [[1, 23.0]], "mirror": [[1, 23.0]]}}}
+    (tmp_path / "eps.meta.json").write_text(json.dumps(meta))
+    assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "beside.zarr"), *flags]) == 0
+    spec = StoreReader(tmp_path / "beside.zarr").spec()
+    assert spec.channel_names == ("r", "g", "b") and spec.target_names == ("x", "y")
+    assert spec.flips == {"ud": FlipRule((), ((1, 23.0),), ((1, 23.0),))}
+
+    other = tmp_path / "elsewhere.json"
+    other.write_text(json.dumps({"flips": {"lr": {"negate": [0]}}}))
+    assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "named.zarr"), *flags,
+                     "--meta", str(other)]) == 0
+    assert StoreReader(tmp_path / "named.zarr").spec().flips == {"lr": FlipRule((0,))}
+    capsys.readouterr()
+
+    assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "o.zarr"), *flags,
+                     "--target-names", "u,v"]) == 2
+    one_line(capsys, "--target-names and ", "eps.meta.json's target_names both name the targets; give one")
+    assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "o.zarr"), *flags,
+                     "--meta", str(tmp_path / "nope.json")]) == 2
+    one_line(capsys, "--meta ", "nope.json: no such file")
+    (tmp_path / "eps.meta.json").write_text(json.dumps({"flips": {"lr": {"negate": [3]}}}))
+    assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "o.zarr"), *flags]) == 2
+    one_line(capsys, "eps.meta.json: flips.lr: action components [3]")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_meta_flag_on_a_npy_folder_is_refused(episodes_raw, tmp_path, capsys):
+    assert cli.main(["pack", str(episodes_raw), str(tmp_path / "o.zarr"), "--meta", "m.json", "--no-progress"]) == 2
+    one_line(capsys, "--meta: names an HDF5 file's meta.json;", "meta.json (put it there)")
+
+
 def test_hdf5_without_h5py_is_a_one_line_hint(tmp_path, capsys, monkeypatch):
     import builtins
 
@@ -178,31 +221,54 @@ def test_meta_json_flip_rules_reach_the_store_and_flipped_batches(episodes_raw, 
 
     src = tmp_path / "raw"
     shutil.copytree(episodes_raw, src)
-    (src / "meta.json").write_text(json.dumps({"flips": {"lr": {"negate": [0], "mirror": [[0, 23.0]]}}}))
+    (src / "meta.json").write_text(json.dumps({"channel_names": ["dot", "noise", "floor"], "flips": {
+        "lr": {"negate": [0], "mirror_actions": [[2, 10.0]], "mirror": [[0, 23.0], [1, 0.0]]}}}))
     pack_split(src, tmp_path / "s.zarr", progress=False)
     data = SplitData(tmp_path / "s.zarr", 6)
-    assert data.spec.flips == {"lr": FlipRule((0,), ((0, 23.0),))}
+    assert data.spec.flips == {"lr": FlipRule((0,), ((0, 23.0), (1, 0.0)), ((2, 10.0),))}
+    assert data.spec.channel_names == ("dot", "noise", "floor")
     cfg = DataConfig(batch_size=8, loader="torch", seq_len=6, augment=AugmentConfig(flip_lr=1.0))
     batch = next(iter(build_loader(data, cfg, torch.device("cpu"))))
     idx = batch.indices.numpy()
     a, t = data.window_actions(idx), data.window_targets(idx)
     np.testing.assert_array_equal(batch.actions.numpy()[..., 0], -a[..., 0])
-    np.testing.assert_array_equal(batch.actions.numpy()[..., 1:], a[..., 1:])
+    np.testing.assert_array_equal(batch.actions.numpy()[..., 1], a[..., 1])
+    np.testing.assert_allclose(batch.actions.numpy()[..., 2], 10.0 - a[..., 2])
     np.testing.assert_allclose(batch.targets.numpy()[..., 0], 23.0 - t[..., 0])
-    np.testing.assert_array_equal(batch.targets.numpy()[..., 1], t[..., 1])
+    np.testing.assert_array_equal(batch.targets.numpy()[..., 1], -t[..., 1])
     np.testing.assert_array_equal(batch.states.numpy()[0], data.decode_window(int(idx[0]))[..., ::-1])
 
 
-@pytest.mark.parametrize("flips,needle", [
-    ({"lr": {"negate": [3]}}, "flips.lr.negate [3]: action components are 0..2"),
-    ({"lr": {"mirror": [[5, 1.0]]}}, "flips.lr.mirror: target components are 0..1"),
-    ({"diag": {}}, "flips: expected"),
-    ({"ud": {"negate": "x"}}, "flips.ud: expected"),
+def test_flip_rules_without_action_mirrors_keep_their_json_form():
+    """Stores written before action mirrors existed digest their flips' JSON: a rule without them serialises as
+    it did, and their JSON form reads back to the same rule."""
+    rule = FlipRule((0,), ((0, 64.0),))
+    assert rule.to_json() == {"negate": [0], "mirror": [[0, 64.0]]}
+    assert FlipRule.from_json(rule.to_json()) == rule
+    both = FlipRule((1,), ((1, 0.0),), ((0, 512.0),))
+    assert both.to_json()["mirror_actions"] == [[0, 512.0]] and FlipRule.from_json(both.to_json()) == both
+
+
+@pytest.mark.parametrize("meta,needle", [
+    ({"flips": {"lr": {"negate": [3]}}}, "flips.lr: action components [3] named in negate/mirror_actions; this "
+     "data's are 0..2"),
+    ({"flips": {"lr": {"mirror_actions": [[4, 1.0]]}}}, "flips.lr: action components [4]"),
+    ({"flips": {"lr": {"negate": [1], "mirror_actions": [[1, 5.0]]}}}, "flips.lr: an action component is named twice"),
+    ({"flips": {"ud": {"mirror_actions": [[0, "inf"]]}}}, "flips.ud.mirror_actions: every c must be a finite number"),
+    ({"flips": {"lr": {"mirror": [[5, 1.0]]}}}, "flips.lr.mirror: target components are 0..1"),
+    ({"flips": {"lr": {"mirror": [[0, 1.0], [0, 2.0]]}}}, "flips.lr.mirror: a target component is named twice"),
+    ({"flips": {"diag": {}}}, "flips: expected"),
+    ({"flips": {"ud": {"negate": "x"}}}, "flips.ud: expected"),
+    ({"flips": {"ud": {"mirror": [[0]]}}}, "flips.ud: expected"),
+    ({"flip": {}}, "unknown key 'flip'; the keys are channel_names, target_names, flips, protocol"),
+    ({"channel_names": ["a", "b"]}, "channel_names must list 3 non-empty names (one per channel)"),
+    ({"target_names": ["x", 7]}, "target_names must list 2 non-empty names"),
+    ({"protocol": "atari"}, "protocol 'atari': two-rooms (recognised by shape) or generic"),
 ])
-def test_bad_meta_json_flip_rules_are_one_line(episodes_raw, tmp_path, capsys, flips, needle):
+def test_bad_meta_json_is_one_line(episodes_raw, tmp_path, capsys, meta, needle):
     src = tmp_path / "raw"
     shutil.copytree(episodes_raw, src)
-    (src / "meta.json").write_text(json.dumps({"flips": flips}))
+    (src / "meta.json").write_text(json.dumps(meta))
     assert cli.main(["pack", str(src), str(tmp_path / "o.zarr"), "--no-progress"]) == 2
     one_line(capsys, "meta.json: " + needle)
     assert not (tmp_path / "o.zarr").exists()

@@ -160,6 +160,8 @@ def add_pack_arguments(p) -> None:
                     "from the dataset names)")
     h5.add_argument("--episodes", default=None, help="glob of the episode groups, e.g. 'data/demo_*' (default: the "
                     "numbered groups holding the actions; none: the flat D4RL layout split at terminals/timeouts)")
+    h5.add_argument("--meta", default=None, type=Path, help="a meta.json naming the channels and targets and giving "
+                    "the flip rules, as a .npy folder's (default: X.meta.json beside X.hdf5, if there is one)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted pack after its last complete shard")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -172,7 +174,7 @@ def run_pack(args) -> None:
     cfg = PackConfig(codec=args.codec, zstd_level=args.zstd_level, chunk_mib=args.chunk_mib,
                      chunk_trajectories=args.chunk_rows, row_frames=args.row_frames, scale=args.scale,
                      workers=args.workers, clip_outliers=args.clip_outliers)
-    keys = {k: getattr(args, k) for k in ("frames", "actions", "targets", "target_names", "episodes")
+    keys = {k: getattr(args, k) for k in ("frames", "actions", "targets", "target_names", "episodes", "meta")
             if getattr(args, k) is not None}
     results = pack_path(args.src, args.dst, cfg, overwrite=args.overwrite, resume=args.resume,
                         progress=not args.no_progress, channels=args.channels, keys=keys)

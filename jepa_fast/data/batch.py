@@ -38,7 +38,8 @@ class Batch:
 def flip_actions_targets(actions: np.ndarray, targets: np.ndarray | None, flip_lr: np.ndarray, flip_ud: np.ndarray,
                          flips: dict[str, FlipRule]) -> tuple[np.ndarray, np.ndarray | None]:
     """Apply window flips to actions (B, T-1, A) and targets (B, T, K) by the data's rules: each flip negates
-    its action components and mirrors its target components (t -> c - t). Returns new float32 arrays.
+    its ``negate`` action components, mirrors its ``mirror_actions`` ones (a -> c - a) and its target components
+    (t -> c - t). Returns new float32 arrays.
     Two-rooms: lr negates dx and maps x -> W-1-x; ud negates dy and maps y -> H-1-y."""
     a = np.array(actions, dtype=np.float32)
     t = None if targets is None else np.array(targets, dtype=np.float32)
@@ -48,6 +49,8 @@ def flip_actions_targets(actions: np.ndarray, targets: np.ndarray | None, flip_l
         rule = flips[name]
         for c in rule.negate:
             a[mask, :, c] *= -1
+        for c, center in rule.mirror_actions:
+            a[mask, :, c] = center - a[mask, :, c]
         if t is not None:
             for c, center in rule.mirror:
                 t[mask, :, c] = center - t[mask, :, c]

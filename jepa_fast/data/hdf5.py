@@ -11,6 +11,8 @@ KEY[,KEY...]`` (paths inside an episode group, or at the root for the flat layou
 the one image dataset (uint8 of rank 3 or 4 per frame, preferring names with image/pixels/rgb) is taken;
 ``--actions`` defaults to ``actions``. Frames may be (n, H, W, C), (n, C, H, W) or (n, H, W); an episode's
 actions are (n - 1, A) (Minari) or (n, A) (robomimic: the last one is not used); targets are (n, K) or (n,).
+What the datasets mean (channel and target names, flip rules) comes from a meta.json of the same form as a
+.npy folder's (``source.read_meta``): ``--meta FILE``, else ``X.meta.json`` beside ``X.hdf5`` when there is one.
 Every problem is one line naming the file, the episode group and the key.
 """
 
@@ -22,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from jepa_fast.data.source import FRAME_DTYPES, EpisodeSource, check_finite, frame_layout, regular_file
+from jepa_fast.data.source import (
+    FRAME_DTYPES,
+    EpisodeSource,
+    apply_meta,
+    check_finite,
+    frame_layout,
+    read_meta,
+    regular_file,
+)
 from jepa_fast.errors import JepaFastError
 
 IMAGE_HINTS = ("image", "pixels", "rgb", "frames", "camera")
@@ -41,11 +51,17 @@ def _number(name: str) -> tuple:
     return (int(m.group(1)) if m else -1, name)
 
 
+def meta_beside(path: Path) -> Path:
+    """The meta.json an HDF5 file ``X.hdf5`` may have beside it: ``X.meta.json``."""
+    return path.with_name(path.stem + ".meta.json")
+
+
 class Hdf5Source(EpisodeSource):
     """Episodes of an HDF5 file: one group per episode, or flat datasets split at terminals/timeouts."""
 
     def __init__(self, path: Path, channels: str = "auto", frames: str | None = None, actions: str | None = None,
-                 targets: str | None = None, target_names: str | None = None, episodes: str | None = None):
+                 targets: str | None = None, target_names: str | None = None, episodes: str | None = None,
+                 meta: str | Path | None = None):
         h5py = _h5py()
         path = Path(path)
         regular_file(path)
@@ -83,7 +99,14 @@ class Hdf5Source(EpisodeSource):
         names = tuple(n.strip() for n in target_names.split(",")) if target_names else self._target_names(K)
         if len(names) != K:
             raise JepaFastError(f"--target-names: {len(names)} names for {K} target components")
-        super().__init__(path, lengths, (C, H, W), first.dtype, A, names, tuple(f"c{c}" for c in range(C)))
+        self.meta_file = Path(meta) if meta else meta_beside(path)
+        if meta and not self.meta_file.exists():
+            raise JepaFastError(f"--meta {meta}: no such file")
+        info = read_meta(self.meta_file)
+        if target_names and info.get("target_names"):
+            raise JepaFastError(f"--target-names and {self.meta_file}'s target_names both name the targets; give one")
+        channel_names, names, flips = apply_meta(info, self.meta_file, C, A, names, None, {})
+        super().__init__(path, lengths, (C, H, W), first.dtype, A, names, channel_names, flips)
 
     @property
     def where(self) -> str:
@@ -218,10 +241,14 @@ class Hdf5Source(EpisodeSource):
         return out[:total], actions, targets
 
     def fingerprint(self) -> dict:
-        st = self.path.stat()
-        return {self.path.name: [st.st_size, st.st_mtime_ns], "keys": [self._frames_key, self._actions_key,
-                                                                         *self._target_keys]}
+        out = {}
+        for f in (self.path, self.meta_file):
+            if f.exists():
+                st = f.stat()
+                out[f.name] = [st.st_size, st.st_mtime_ns]
+        return {**out, "keys": [self._frames_key, self._actions_key, *self._target_keys]}
 
     def attrs(self) -> dict:
+        meta = {"meta": str(self.meta_file.resolve())} if self.meta_file.exists() else {}
         return {"source": {"path": str(self.path.resolve()), "kind": "hdf5", "frames": self._frames_key,
-                           "actions": self._actions_key, "targets": self._target_keys}}
+                           "actions": self._actions_key, "targets": self._target_keys, **meta}}

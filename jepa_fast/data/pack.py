@@ -30,6 +30,7 @@ from jepa_fast.data.source import EpisodeSource, NpySource
 from jepa_fast.data.writer import StoreBuilder
 from jepa_fast.errors import JepaFastError
 from jepa_fast.progress import frame_bar
+from jepa_fast.spec import flips_to_json
 
 SCALE_HEADROOM = 1.01
 """With pack.scale='sample', the scale is this x the sampled max (a value above it triggers a repack)."""
@@ -50,6 +51,9 @@ def open_episodes(src: Path, channels: str = "auto", keys: dict | None = None) -
     src = Path(src)
     if src.suffix.lower() in HDF5_SUFFIXES:
         return Hdf5Source(src, channels=channels, **(keys or {}))
+    if keys and "meta" in keys:
+        raise JepaFastError(f"--meta: names an HDF5 file's meta.json; {src} is a folder of .npy files, whose meta is "
+                            f"{src / 'meta.json'} (put it there)")
     if keys:
         raise JepaFastError(f"--{next(iter(keys)).replace('_', '-')}: chooses datasets of an HDF5 file; {src} is a "
                             "folder of .npy files (it names its arrays states/actions/targets.npy)")
@@ -146,7 +150,7 @@ def _pack_split_locked(source: EpisodeSource, dst: Path, cfg: PackConfig, L: int
                 _feed(source, builder, progress)
                 builder.finish({**source.attrs(), "protocol": source.protocol, "clipped_outliers": state["clipped"],
                                 "pack": {"options": options, "source": source.fingerprint()}},
-                               flips=_flips_dict(source), channel_names=source.channel_names)
+                               flips=flips_to_json(source.flips), channel_names=source.channel_names)
                 break
             except ScaleOverflow:
                 builder.close()
@@ -226,10 +230,6 @@ def _feed(source: EpisodeSource, b: StoreBuilder, progress: bool) -> None:
         raise JepaFastError(b._locate(err)) from None
     finally:
         bar.close()
-
-
-def _flips_dict(source: EpisodeSource) -> dict:
-    return {k: {"negate": list(r.negate), "mirror": [list(m) for m in r.mirror]} for k, r in source.flips.items()}
 
 
 def _save_progress(partial: Path, state: dict) -> None:

@@ -103,6 +103,45 @@ def check_finite(a: np.ndarray, what: str, where: Path | str, lengths: np.ndarra
         raise JepaFastError(f"{where}: {what} of episode {ep} contain NaN or Inf; fix or drop that episode")
 
 
+META_KEYS = ("channel_names", "target_names", "flips")
+
+
+def read_meta(f: Path, protocol: bool = False) -> dict:
+    """A source's meta.json ({} when there is none): ``channel_names``, ``target_names``, ``flips`` (and, for a
+    .npy folder, ``protocol``), each optional; anything else is an error naming the key."""
+    if not f.exists():
+        return {}
+    regular_file(f)
+    try:
+        meta = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise JepaFastError(f"{f}: not valid JSON ({e})") from None
+    keys = META_KEYS + (("protocol",) if protocol else ())
+    if not isinstance(meta, dict):
+        raise JepaFastError(f"{f}: expected a JSON object with any of {', '.join(keys)}")
+    unknown = sorted(set(meta) - set(keys))
+    if unknown:
+        raise JepaFastError(f"{f}: unknown key {unknown[0]!r}; the keys are {', '.join(keys)}")
+    if protocol and meta.get("protocol", "two-rooms") not in ("two-rooms", "generic"):
+        raise JepaFastError(f"{f}: protocol {meta['protocol']!r}: two-rooms (recognised by shape) or generic")
+    return meta
+
+
+def apply_meta(meta: dict, f: Path, C: int, A: int, target_names: tuple[str, ...],
+               channel_names: tuple[str, ...] | None, flips: dict[str, FlipRule]):
+    """(channel names, target names, flip rules) of a source: its meta.json's where it gives them, else the
+    defaults given (channel names None: c0, c1, ...), each checked against the data's C, A and K."""
+    for key, count, what in (("channel_names", C, "channel"), ("target_names", len(target_names), "target component")):
+        v = meta.get(key)
+        if v is not None and (not isinstance(v, list) or len(v) != count
+                              or not all(isinstance(n, str) and n for n in v)):
+            raise JepaFastError(f"{f}: {key} must list {count} non-empty names (one per {what})")
+    if "flips" in meta:
+        flips = flips_from_json(meta["flips"], A, len(target_names), str(f))
+    return (tuple(meta.get("channel_names") or channel_names or (f"c{c}" for c in range(C))),
+            tuple(meta.get("target_names") or target_names), flips)
+
+
 @dataclass
 class EpisodeSource:
     """What a packer needs to know of a source before reading its frames."""
@@ -186,20 +225,14 @@ class NpySource(EpisodeSource):
         actions = np.load(src / "actions.npy", mmap_mode="r")
         A = self._check_actions(src / "actions.npy", actions, lengths)
         targets, names = self._targets(src, lengths)
-        meta = self._meta(src)
-        for key, count in (("channel_names", C), ("target_names", len(names))):
-            if key in meta and (not isinstance(meta[key], list) or len(meta[key]) != count):
-                raise JepaFastError(f"{src / 'meta.json'}: {key} must list {count} names (one per "
-                                    f"{'channel' if key == 'channel_names' else 'target component'})")
+        meta = read_meta(src / "meta.json", protocol=True)
         two_rooms = meta.get("protocol", "two-rooms") == "two-rooms" and (
             not self.flat and C == 2 and A == 2 and targets is not None and names == ("agent_x", "agent_y") and H == W)
-        flips = two_rooms_flips(W) if two_rooms else {}
-        if "flips" in meta:
-            flips = flips_from_json(meta["flips"], A, len(names), str(src / "meta.json"))
-        super().__init__(src, lengths, (C, H, W), s_dtype, A, tuple(meta.get("target_names", names)),
-                         tuple(meta.get("channel_names", ("agent", "walls") if two_rooms else
-                                        tuple(f"c{c}" for c in range(C)))),
-                         flips, "two-rooms" if two_rooms else "generic")
+        channel_names, names, flips = apply_meta(meta, src / "meta.json", C, A, names,
+                                                 ("agent", "walls") if two_rooms else None,
+                                                 two_rooms_flips(W) if two_rooms else {})
+        super().__init__(src, lengths, (C, H, W), s_dtype, A, names, channel_names, flips,
+                         "two-rooms" if two_rooms else "generic")
         self.actions, self.targets = actions, targets
         self._stops = np.cumsum(lengths)
         self._fh = None  # states.npy, opened on the first read
@@ -240,19 +273,6 @@ class NpySource(EpisodeSource):
                 names = None
             return t, names or tuple(f"t{k}" for k in range(shape[-1]))
         return None, ()
-
-    @staticmethod
-    def _meta(src: Path) -> dict:
-        f = src / "meta.json"
-        if not f.exists():
-            return {}
-        try:
-            meta = json.loads(f.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise JepaFastError(f"{f}: not valid JSON ({e})") from None
-        if not isinstance(meta, dict):
-            raise JepaFastError(f"{f}: expected an object with channel_names and/or target_names")
-        return meta
 
     def fingerprint(self) -> dict:
         out = {}

@@ -27,7 +27,7 @@ from jepa_fast.data.writer import StoreBuilder
 from jepa_fast.errors import JepaFastError
 from jepa_fast.progress import frame_bar
 from jepa_fast.sim import env, splits
-from jepa_fast.spec import two_rooms_flips
+from jepa_fast.spec import flips_to_json, two_rooms_flips
 
 FORMAT_NAME = "two-rooms-npy"
 BLOCK_FRAMES = 4352
@@ -138,8 +138,7 @@ class ZarrSplitWriter:
 
     def close(self) -> None:
         try:
-            flips = {k: {"negate": list(r.negate), "mirror": [list(m) for m in r.mirror]}
-                     for k, r in two_rooms_flips(self.size).items()}
+            flips = flips_to_json(two_rooms_flips(self.size))
             self.builder.finish({**self.attrs, "protocol": "two-rooms", "clipped_outliers": 0}, flips=flips,
                                 channel_names=("agent", "walls"))
         finally:
