@@ -177,7 +177,9 @@ def test_hdf5_meta_names_channels_and_targets_and_declares_flips(tmp_path, capsy
 
     assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "o.zarr"), *flags,
                      "--target-names", "u,v"]) == 2
-    one_line(capsys, "--target-names and ", "eps.meta.json's target_names both name the targets; give one")
+    one_line(capsys, "--target-names u,v and ", "eps.meta.json's target_names x,y differ; give one")
+    assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "same.zarr"), *flags,
+                     "--target-names", "x,y"]) == 0  # the same names twice are no conflict
     assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "o.zarr"), *flags,
                      "--meta", str(tmp_path / "nope.json")]) == 2
     one_line(capsys, "--meta ", "nope.json: no such file")
@@ -540,15 +542,63 @@ def test_pusht_episodes_record_pack_train_and_probe(tmp_path):
     for name, seed, n in (("train", 0, 10), ("probe/train", 1, 8), ("probe/val", 2, 6)):
         r = pusht.record(raw / f"{name}.hdf5", n, seed=seed, workers=2, min_len=12, max_len=20, progress=False)
         assert r["frames"] >= 12 * n
-    keys = {"targets": ",".join(pusht.TARGET_KEYS), "target_names": ",".join(pusht.TARGET_NAMES)}
-    pack_path(raw, tmp_path / "packed", keys=keys, progress=False)
+    assert json.loads((raw / "train.meta.json").read_text()) == pusht.META
+    pack_path(raw, tmp_path / "packed", keys={"targets": ",".join(pusht.TARGET_KEYS)}, progress=False)
     spec = StoreReader(tmp_path / "packed" / "train.zarr").spec()
     assert (spec.channels, spec.height, spec.width, spec.action_size) == (3, 96, 96, 2)
-    assert spec.target_names == pusht.TARGET_NAMES
+    assert spec.target_names == pusht.TARGET_NAMES and spec.channel_names == ("red", "green", "blue")
+    assert set(spec.flips) == {"lr", "ud"}
     run = tmp_path / "run"
-    train(apply_overrides(run_preset("tiny"), ["data.seq_len=8", "data.stride=4", "data.batch_size=8"]),
+    train(apply_overrides(run_preset("tiny"), ["data.seq_len=8", "data.stride=4", "data.batch_size=8",
+                                               "data.augment.flip_lr=0.5", "data.augment.flip_ud=0.5"]),
           tmp_path / "packed", run, progress=False)
     res = run_probe(run, tmp_path / "packed", cfg=ProbeConfig(batch_size=4, epochs=2))
     assert set(res["per_target"]["probe"]) == set(pusht.TARGET_NAMES)
     assert all(np.isfinite(v) for v in res["per_target"]["probe"].values())
     shutil.rmtree(raw)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gym_pusht") is None,
+                    reason="gym-pusht (the [envs] extra) is not installed")
+def test_pusht_flip_rules_keep_the_physics_true():
+    """A PushT frame flipped left-right (up-down) shows the pose the recorder's flip rules give: the env, reset to
+    the flipped targets, renders the block where the flipped frame has it (and a rule that forgets the angle does
+    not: the check can fail)."""
+    from jepa_fast.data.batch import flip_actions_targets, flipped
+    from jepa_fast.envs import pusht
+    from jepa_fast.spec import flips_from_json
+
+    env = pusht._env()
+    flips = flips_from_json(pusht.META["flips"], 2, 6, "META")
+
+    def render(agent, pose, cog):
+        # reset_to_state takes the block's position before its rotation about the centre of gravity
+        c, s = np.cos(pose[2]), np.sin(pose[2])
+        xy = np.asarray(pose[:2]) - cog + np.array([[c, -s], [s, c]]) @ cog
+        obs, info = env.reset(options={"reset_to_state": [*agent, *xy, pose[2]]})
+        np.testing.assert_allclose(info["block_pose"][:2], pose[:2], atol=1e-6)
+        return np.moveaxis(obs["pixels"], -1, 0), info
+
+    def block(frame):  # the T's pixels (LightSlateGray)
+        return np.abs(frame.astype(int) - np.array([119, 136, 153])[:, None, None]).sum(0) < 40
+
+    def iou(a, b):
+        return (a & b).sum() / max((a | b).sum(), 1)
+
+    obs, info = env.reset(options={"reset_to_state": [100.0, 100.0, 256.0, 256.0, 1.0]})
+    moved = np.asarray(info["block_pose"][:2]) - 256.0  # = (I - R(1)) cog: the centre of gravity in the T's frame
+    cog = np.linalg.solve(np.eye(2) - np.array([[np.cos(1), -np.sin(1)], [np.sin(1), np.cos(1)]]), moved)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        agent, pose = rng.uniform(60, 450, 2), (*rng.uniform(150, 350, 2), rng.uniform(0, 2 * np.pi))
+        frame, info = render(agent, pose, cog)
+        t = np.array([[[*info["pos_agent"], *pose[:2], np.cos(pose[2]), np.sin(pose[2])]]], np.float32)
+        a = np.array([[[*agent]]], np.float32)
+        for name, lr, ud in (("lr", True, False), ("ud", False, True)):
+            fa, ft = flip_actions_targets(a, t, np.array([lr]), np.array([ud]), flips)
+            want = flipped(frame, lr, ud)
+            got, _ = render(ft[0, 0, :2], (*ft[0, 0, 2:4], np.arctan2(ft[0, 0, 5], ft[0, 0, 4])), cog)
+            np.testing.assert_allclose(fa[0, 0], ft[0, 0, :2], atol=1e-3)  # the agent's target point mirrors with it
+            assert iou(block(got), block(want)) > 0.5, name
+            wrong, _ = render(ft[0, 0, :2], (*ft[0, 0, 2:4], pose[2]), cog)  # the same mirror, the angle kept
+            assert iou(block(wrong), block(want)) < 0.3, name

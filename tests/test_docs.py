@@ -31,3 +31,18 @@ def test_no_file_cites_documents_outside_the_repository():
     outside = sorted(str(p.relative_to(REPO)) for p in _sources() if p.name != "test_docs.py"
                      and re.search(r"shared/docs|TWO_ROOMS_SPEC", p.read_text()))
     assert not outside, outside
+
+
+def test_the_readmes_meta_json_example_is_accepted():
+    """The meta.json the README shows is valid JSON and a valid meta: its flip rules fit its own targets."""
+    import json
+
+    from jepa_fast.data.source import apply_meta
+
+    blocks = re.findall(r"```json\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert blocks, "the README shows a meta.json"
+    for block in blocks:
+        meta = json.loads(re.sub(r"\n\s*", " ", block))
+        names = tuple(meta["target_names"])
+        channels, targets, flips = apply_meta(meta, REPO / "README.md", 3, 2, names, None, {})
+        assert channels == tuple(meta["channel_names"]) and targets == names and set(flips) == {"lr", "ud"}

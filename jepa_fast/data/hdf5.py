@@ -103,8 +103,9 @@ class Hdf5Source(EpisodeSource):
         if meta and not self.meta_file.exists():
             raise JepaFastError(f"--meta {meta}: no such file")
         info = read_meta(self.meta_file)
-        if target_names and info.get("target_names"):
-            raise JepaFastError(f"--target-names and {self.meta_file}'s target_names both name the targets; give one")
+        if target_names and info.get("target_names") and tuple(info["target_names"]) != names:
+            raise JepaFastError(f"--target-names {','.join(names)} and {self.meta_file}'s target_names "
+                                f"{','.join(map(str, info['target_names']))} differ; give one")
         channel_names, names, flips = apply_meta(info, self.meta_file, C, A, names, None, {})
         super().__init__(path, lengths, (C, H, W), first.dtype, A, names, channel_names, flips)
 

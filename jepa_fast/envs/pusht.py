@@ -2,7 +2,7 @@
 
     pip install 'jepa-fast[envs]'
     python -m jepa_fast.envs.pusht --out data/pusht/train.hdf5 --episodes 600 --seed 0
-    jepa-fast pack data/pusht data/pusht-packed --targets infos/agent_pos,infos/block_xy,infos/block_angle_cs ...
+    jepa-fast pack data/pusht data/pusht-packed --targets infos/agent_pos,infos/block_xy,infos/block_angle_cs
 
 The action is the agent's target position (x, y) in [0, 512]^2, which a PD controller follows. Episodes are
 of unequal length (``min_len``-``max_len`` frames) and driven by one of two policies, chosen per episode:
@@ -14,14 +14,16 @@ of unequal length (``min_len``-``max_len`` frames) and driven by one of two poli
 Every episode is a group ``episode_<i>`` holding ``observations/pixels`` (n, 96, 96, 3) uint8,
 ``actions`` (n - 1, 2) float32 and per-frame probe targets under ``infos``: ``agent_pos`` (n, 2),
 ``block_xy`` (n, 2) and ``block_angle_cs`` (n, 2), the block's angle as (cos, sin) (an angle wraps around,
-its cosine and sine do not). Episodes are recorded in parallel processes and written by the parent in
-order, so memory stays bounded and the file is the same for any number of workers. Seeded: episode i of
-seed s is the same on every machine with the same gym-pusht and pymunk.
+its cosine and sine do not). Beside ``X.hdf5`` goes ``X.meta.json`` (``META``: channel and target names, and the
+flip rules that keep the physics true), which ``jepa-fast pack`` reads. Episodes are recorded in parallel
+processes and written by the parent in order, so memory stays bounded and the file is the same for any number
+of workers. Seeded: episode i of seed s is the same on every machine with the same gym-pusht and pymunk.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -36,7 +38,22 @@ from jepa_fast.errors import JepaFastError
 
 TARGET_KEYS = ("infos/agent_pos", "infos/block_xy", "infos/block_angle_cs")
 TARGET_NAMES = ("agent_x", "agent_y", "block_x", "block_y", "block_cos", "block_sin")
-"""What ``jepa-fast pack --targets ... --target-names ...`` takes from a recorded file."""
+"""What ``jepa-fast pack --targets ...`` takes from a recorded file, and the names its meta.json gives them."""
+TABLE = 512.0
+"""The table's side in the env's units; the 96x96 frame shows all of it, so a frame flipped left-right (up-down)
+is the table mirrored about x = 256 (y = 256)."""
+META = {
+    "channel_names": ["red", "green", "blue"],
+    "target_names": list(TARGET_NAMES),
+    # The T is symmetric about its stem, and the block's reported position is its centre of gravity, which lies on
+    # the stem: a left-right mirror maps the pose (x, y, angle) to (512 - x, y, -angle), an up-down mirror to
+    # (x, 512 - y, pi - angle). So lr mirrors the agent's and block's x and negates the angle's sine; ud mirrors
+    # the y's and negates its cosine; the action (a target point) mirrors as a position.
+    "flips": {"lr": {"mirror_actions": [[0, TABLE]], "mirror": [[0, TABLE], [2, TABLE], [5, 0.0]]},
+              "ud": {"mirror_actions": [[1, TABLE]], "mirror": [[1, TABLE], [3, TABLE], [4, 0.0]]}},
+}
+"""What a recorded file's frames, targets and flips mean: written beside it as ``X.meta.json`` for
+``jepa-fast pack`` (tests/test_byod.py renders mirrored poses to check the flip rules)."""
 
 
 def _env():
@@ -105,8 +122,10 @@ def record(out: Path, episodes: int, seed: int = 0, workers: int = 0, min_len: i
     out = Path(out)
     if episodes < 1 or not 2 <= min_len <= max_len:
         raise JepaFastError(f"episodes {episodes}, lengths {min_len}-{max_len}: need >= 1 episode of >= 2 frames")
-    if out.exists() and not overwrite:
-        raise JepaFastError(f"{out} exists; pass --overwrite to replace it")
+    meta = out.with_name(out.stem + ".meta.json")
+    for f in (out, meta):
+        if f.exists() and not overwrite:
+            raise JepaFastError(f"{f} exists; pass --overwrite to replace it")
     seeds = [seed * 1_000_003 + i for i in range(episodes)]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,10 +152,13 @@ def record(out: Path, episodes: int, seed: int = 0, workers: int = 0, min_len: i
         bar.close()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        atomic.atomic_write_text(meta, json.dumps(META, indent=1) + "\n")
         atomic.replace_path(tmp, out)
     except BaseException:
         bar.close()
         tmp.unlink(missing_ok=True)
+        if not out.exists():  # no file without its meta, and no meta without its file
+            meta.unlink(missing_ok=True)
         raise
     return {"out": str(out), "episodes": episodes, "frames": frames,
             "block_moved_px": {k: round(float(np.median(v)), 1) if v else None for k, v in moved.items()},
