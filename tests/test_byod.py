@@ -534,7 +534,7 @@ def test_probe_errors_name_what_is_missing(episodes_raw, tmp_path, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("gym_pusht") is None or importlib.util.find_spec("h5py") is None,
                     reason="gym-pusht and h5py (the [envs] extra) are not installed")
-def test_pusht_episodes_record_pack_train_and_probe(tmp_path):
+def test_pusht_episodes_record_pack_train_and_probe(tmp_path, capsys):
     from jepa_fast.envs import pusht
     from jepa_fast.probe_report import run_probe
 
@@ -548,6 +548,9 @@ def test_pusht_episodes_record_pack_train_and_probe(tmp_path):
     assert (spec.channels, spec.height, spec.width, spec.action_size) == (3, 96, 96, 2)
     assert spec.target_names == pusht.TARGET_NAMES and spec.channel_names == ("red", "green", "blue")
     assert set(spec.flips) == {"lr", "ud"}
+    assert cli.main(["inspect", str(tmp_path / "packed" / "train.zarr")]) == 0
+    assert ("flips               lr: a0 -> 512 - a0, agent_x -> 512 - agent_x, block_x -> 512 - block_x, "
+            "block_sin -> -block_sin; ud: a1 -> 512 - a1") in capsys.readouterr().out
     run = tmp_path / "run"
     train(apply_overrides(run_preset("tiny"), ["data.seq_len=8", "data.stride=4", "data.batch_size=8",
                                                "data.augment.flip_lr=0.5", "data.augment.flip_ud=0.5"]),

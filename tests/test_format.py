@@ -204,10 +204,12 @@ def test_inspect_and_verify_cli(tmp_path, tiny_root, capsys):
     assert cli.main(["inspect", str(tmp_path / "v.zarr"), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "verify              OK, 64 chunks decoded" in out and "smaller than float32" in out
+    assert "flips               lr: a0 -> -a0, agent_x -> 64 - agent_x; ud: a1 -> -a1, agent_y -> 64 - agent_y" in out
     assert cli.main(["inspect", str(tmp_path / "v.zarr"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (info["frames"], info["episodes"], info["frame_shape"], info["codec"]) == (64 * 17, 64, [2, 65, 65], "lz4")
     assert info["episode_length"] == [17, 17] and info["row_frames"] == 17
+    assert info["flips"]["lr"] == {"negate": [0], "mirror": [[0, 64.0]]}
 
 
 # ---------------------------------------------------------------------------------------------

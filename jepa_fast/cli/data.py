@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jepa_fast.errors import JepaFastError
+from jepa_fast.spec import flips_to_json
 
 # ---------------------------------------------------------------------------------------------
 # generate / show
@@ -218,7 +219,20 @@ def describe_store(r) -> dict:
             "ratio_vs_uint8": round(raw / max(stored, 1), 2), "ratio_vs_float32": round(4 * raw / max(stored, 1), 2),
             "target_names": list(spec.target_names), "channel_names": list(spec.channel_names),
             "static_channels": list(spec.static_channels), "protocol": spec.protocol, "stats": r.attrs.get("stats"),
-            "schema_version": r.version}
+            "flips": flips_to_json(spec.flips), "schema_version": r.version}
+
+
+def describe_flips(spec) -> str:
+    """The store's flip rules in words, e.g. 'lr: a0 -> -a0, agent_x -> 64 - agent_x'."""
+    def mirrored(name, c):
+        return f"{name} -> -{name}" if c == 0 else f"{name} -> {c:g} - {name}"
+
+    parts = []
+    for flip, rule in sorted(spec.flips.items()):
+        what = ([f"a{i} -> -a{i}" for i in rule.negate] + [mirrored(f"a{i}", c) for i, c in rule.mirror_actions]
+                + [mirrored(spec.target_names[k], c) for k, c in rule.mirror])
+        parts.append(f"{flip}: {', '.join(what) or 'frames only'}")
+    return "; ".join(parts) or "none (flip augmentation is refused on this data)"
 
 
 def run_inspect(args) -> None:
@@ -246,6 +260,7 @@ def run_inspect(args) -> None:
         print(f"  channels            {', '.join(names)}; data {info['protocol']}")
         targets = ", ".join(info["target_names"]) or "none"
         print(f"  actions, targets    {info['action_size']}-d actions; targets: {targets}")
+        print(f"  flips               {describe_flips(reader.spec())}")
         print(f"  chunking            {info['rows_per_shard']} rows of {info['row_frames']} frames per shard, "
               f"{info['shards']:,} shards, one {info['codec']} chunk per row")
         print(f"  stored              {info['stored_bytes'] / 1e6:,.1f} MB: {info['ratio_vs_uint8']}x smaller than "
