@@ -10,8 +10,9 @@ An environment no one here wrote, recorded the way a user would bring their own 
    agent's target position, targets = agent position, block position and block angle as (cos, sin);
 2. pack the HDF5 files with ``jepa-fast pack``'s HDF5 flags (frames/s);
 3. load: the CPU default loader over windows of 16 frames, stride 4 (frames/s);
-4. train ``ours-small`` (``ours`` model and rollout loss, batch 64) with an inverse-dynamics head
-   (``model.idm_hidden``) on those windows for --steps steps (frames/s from the trainer's log);
+4. train ``ours-small`` (``ours`` model and rollout loss, batch 64, its left-right flips under the recorder's flip
+   rules) with an inverse-dynamics head (``model.idm_hidden``) on those windows for --steps steps (frames/s from
+   the trainer's log);
 5. probe every target on the held-out episodes with the trained model, and with the same architecture at
    random weights (seeded); the constant prober (the probe-train mean) is chance.
 
@@ -61,13 +62,14 @@ def load_fps(store: Path, seq_len: int, stride: int, epochs: int = 2) -> float:
 def train_run(store_root: Path, out: Path, steps: int, seq_len: int, stride: int, idm_hidden: int = 0) -> dict:
     """``ours-small`` on windows of ``seq_len``/``stride`` for ``steps`` steps (with an inverse-dynamics head of
     ``idm_hidden`` units when > 0); returns the trainer's summary."""
+    from jepa_fast.cli.run import preset_flips_for
     from jepa_fast.train import train
 
     run = apply_overrides(run_preset("ours-small"), [f"data.seq_len={seq_len}", f"data.stride={stride}",
                                                       f"train.max_steps={steps}", "train.log_every=10",
-                                                      f"model.idm_hidden={idm_hidden}",
-                                                      "data.augment.flip_lr=0"])  # PushT declares no flip rule
-    return train(run, store_root, out, progress=False)
+                                                      f"model.idm_hidden={idm_hidden}"])
+    # as `jepa-fast train --preset ours-small` does: the preset's flips where the data declares their rules
+    return train(preset_flips_for(run, store_root), store_root, out, progress=False)
 
 
 def probe_both(run_dir: Path, packed: Path, cfg: ProbeConfig, seed: int) -> tuple[dict, dict]:
@@ -125,7 +127,7 @@ def main() -> None:
               f"{args.workers} processes): {frames}; median block displacement per episode, push policy "
               f"{moved['push']} px, wander {moved['wander']} px")
 
-        keys = {"targets": ",".join(pusht.TARGET_KEYS), "target_names": ",".join(pusht.TARGET_NAMES)}
+        keys = {"targets": ",".join(pusht.TARGET_KEYS)}  # names and flip rules: the recorder's X.meta.json
         t = time.perf_counter()
         pack_path(raw / "train.hdf5", packed / "train.zarr", keys=keys, progress=False)
         pack_fps = frames["train"] / (time.perf_counter() - t)

@@ -145,11 +145,22 @@ def test_pusht_angle_refuses_bad_arguments_in_one_line_before_any_work(monkeypat
     assert message in err[-1] and "Traceback" not in "".join(err)
 
 
-def test_bench_pusht_trains_its_preset_on_data_without_flip_rules(episodes_store, tmp_path):
-    """bench_pusht trains ``ours-small`` (whose preset flips left-right) through train() on a store that declares
-    no flip rule: the bench turns the flips off itself, so it trains instead of stopping at the loader's check."""
+def test_bench_pusht_trains_its_preset_with_the_flips_the_data_declares(episodes_raw, episodes_store, tmp_path):
+    """bench_pusht trains ``ours-small`` (whose preset flips left-right) as ``jepa-fast train`` does: on a store
+    without flip rules the flips are off (it trains instead of stopping at the loader's check), on one whose
+    meta.json declares them (as PushT's recorder writes) they stay on."""
+    import shutil
+
     from bench.bench_pusht import train_run
+    from jepa_fast.data.pack import pack_split
 
     summary = train_run(episodes_store, tmp_path / "run", steps=1, seq_len=6, stride=6, idm_hidden=8)
     assert summary["step"] == 1 and summary["checkpoint"] is not None
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["augment"]["flip_lr"] == 0.0
+
+    shutil.copytree(episodes_raw, tmp_path / "raw")
+    (tmp_path / "raw" / "meta.json").write_text(json.dumps({"flips": {"lr": {"negate": [0], "mirror": [[0, 23]]}}}))
+    pack_split(tmp_path / "raw", tmp_path / "ruled" / "train.zarr", progress=False)
+    summary = train_run(tmp_path / "ruled", tmp_path / "run2", steps=1, seq_len=6, stride=6, idm_hidden=8)
+    assert summary["step"] == 1
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["data"]["augment"]["flip_lr"] == 0.5

@@ -113,12 +113,12 @@ def _cmd_train(args) -> None:
     run = config_from_args(args)
     asked = args.augment is not None or any(s.partition("=")[0].strip().startswith("data.augment") for s in args.set)
     if not (args.resume or asked):
-        run = _preset_flips_for(run, args.data)
+        run = preset_flips_for(run, args.data)
     train(run, args.data, args.out, resume=args.resume, progress=not args.no_progress,
           init=args.init, overwrite=args.overwrite, other_data=args.other_data)
 
 
-def _preset_flips_for(run, data: Path):
+def preset_flips_for(run, data: Path):
     """The run with the preset's flips that ``data`` declares no rule for turned off (said in one line); flips
     asked for with ``--augment`` or ``--set`` are left to the loader, which refuses them on such data."""
     import dataclasses
