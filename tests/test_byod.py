@@ -320,6 +320,12 @@ def test_episode_writer_errors_name_the_episode(tmp_path):
             w.add(np.moveaxis(x, 1, -1), a)
         with pytest.raises(JepaFastError, match="episode 1: frames are float32; this writer takes uint8"):
             w.add(x.astype(np.float32), a)
+    with pytest.raises(JepaFastError, match=r"o.zarr: EpisodeWriter: flips.lr: action components \[5\]"):
+        EpisodeWriter(tmp_path / "o.zarr", frame_shape=(3, 24, 24), action_size=3, flips={"lr": FlipRule((5,))})
+    with pytest.raises(JepaFastError, match="flips.ud.mirror: target components are 0..1"):
+        EpisodeWriter(tmp_path / "o.zarr", frame_shape=(3, 24, 24), action_size=3, target_names=("x", "y"),
+                      flips={"ud": FlipRule(mirror=((2, 1.0),))})
+    assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.partial").exists()
 
 
 # ---------------------------------------------------------------------------------------------
