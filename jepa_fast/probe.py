@@ -331,7 +331,12 @@ def probe_model(model: nn.Module, data_root: Path, cfg: ProbeConfig | None = Non
                      "embedding_precision": precision, "protocol": spec.protocol, "normalisation": {}}
     two_rooms = spec.protocol == "two-rooms"
     for group in groups:
-        tr = SplitEmbeddings(model, _open(group.train, spec, seq_len), device, precision, cfg, cfg.cache)
+        train_data = _open(group.train, spec, seq_len)
+        if train_data.has_targets and train_data.n < cfg.batch_size:
+            raise JepaFastError(f"{group.train}: {train_data.n} windows of {train_data.T} frames, fewer than the "
+                                f"prober's batch of {cfg.batch_size}: pack more episodes into it, or probe shorter "
+                                "windows with --seq-len")
+        tr = SplitEmbeddings(model, train_data, device, precision, cfg, cfg.cache)
         names = tr.data.spec.target_names or tuple(f"target_{k}" for k in range(tr.targets.shape[-1]))
         norm = TWO_ROOMS_TARGETS if two_rooms else TargetNorm.of(tr.targets.numpy(), names)
         results["normalisation"][group.name] = {"names": list(norm.names), "mean": list(norm.mean),

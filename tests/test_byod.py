@@ -532,6 +532,13 @@ def test_probe_errors_name_what_is_missing(episodes_raw, tmp_path, capsys):
                 w.add(e[0], e[1])  # no targets
     assert cli.main(["probe", str(tmp_path / "a"), "--data", str(root)]) == 2
     one_line(capsys, "has no probe targets")
+    for name in ("train", "val"):
+        pack_split(episodes_raw, root / "probe" / f"{name}.zarr", overwrite=True, progress=False)
+    # 40 episodes of 3-30 frames hold fewer than 64 windows of 20 frames, and more than 64 of 2
+    assert cli.main(["probe", str(tmp_path / "a"), "--data", str(root), "--seq-len", "20"]) == 2
+    one_line(capsys, "probe/train.zarr: ", " windows of 20 frames, fewer than the prober's batch of 64: pack more "
+             "episodes into it, or probe shorter windows with --seq-len")
+    assert cli.main(["probe", str(tmp_path / "a"), "--data", str(root), "--seq-len", "2"]) == 0
 
 
 # ---------------------------------------------------------------------------------------------
