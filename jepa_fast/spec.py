@@ -152,9 +152,11 @@ def flips_from_json(d, action_size: int, n_targets: int, where: str) -> dict[str
             raise JepaFastError(f"{where}: flips.{name}: an action component is named twice in negate/mirror_actions; "
                                 "each component changes one way")
         targets = [k for k, _ in r.mirror]
+        if targets and not n_targets:
+            raise JepaFastError(f"{where}: flips.{name}.mirror: this data has no targets to mirror; give it targets or "
+                                "drop the mirror")
         if any(not 0 <= k < n_targets for k in targets):
-            raise JepaFastError(f"{where}: flips.{name}.mirror: target components are 0..{n_targets - 1}"
-                                + ("" if n_targets else " (this data has no targets)"))
+            raise JepaFastError(f"{where}: flips.{name}.mirror: target components are 0..{n_targets - 1}")
         if len(set(targets)) != len(targets):
             raise JepaFastError(f"{where}: flips.{name}.mirror: a target component is named twice")
         out[name] = r

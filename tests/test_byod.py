@@ -189,6 +189,20 @@ def test_hdf5_meta_names_channels_and_targets_and_declares_flips(tmp_path, capsy
     assert not (tmp_path / "o.zarr").exists()
 
 
+def test_meta_json_with_a_byte_order_mark_and_mirrors_without_targets(episodes_raw, tmp_path, capsys):
+    """A meta.json saved with a UTF-8 byte-order mark reads; a target mirror on data without targets is one line."""
+    src = tmp_path / "raw"
+    shutil.copytree(episodes_raw, src)
+    (src / "meta.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"channel_names": ["a", "b", "c"]}).encode())
+    pack_split(src, tmp_path / "s.zarr", progress=False)
+    assert StoreReader(tmp_path / "s.zarr").spec().channel_names == ("a", "b", "c")
+    (src / "targets.npy").unlink()
+    (src / "meta.json").write_text(json.dumps({"flips": {"lr": {"mirror": [[0, 1.0]]}}}))
+    assert cli.main(["pack", str(src), str(tmp_path / "o.zarr"), "--no-progress"]) == 2
+    one_line(capsys, "meta.json: flips.lr.mirror: this data has no targets to mirror; give it targets or drop the "
+             "mirror")
+
+
 def test_meta_flag_on_a_npy_folder_is_refused(episodes_raw, tmp_path, capsys):
     assert cli.main(["pack", str(episodes_raw), str(tmp_path / "o.zarr"), "--meta", "m.json", "--no-progress"]) == 2
     one_line(capsys, "--meta: names an HDF5 file's meta.json;", "meta.json (put it there)")
@@ -266,11 +280,13 @@ def test_flip_rules_without_action_mirrors_keep_their_json_form():
     ({"channel_names": ["a", "b"]}, "channel_names must list 3 non-empty names (one per channel)"),
     ({"target_names": ["x", 7]}, "target_names must list 2 non-empty names"),
     ({"protocol": "atari"}, "protocol 'atari': two-rooms (recognised by shape) or generic"),
+    ("{bad", "not valid JSON"),
+    ([], "expected a JSON object with any of channel_names, target_names, flips, protocol"),
 ])
 def test_bad_meta_json_is_one_line(episodes_raw, tmp_path, capsys, meta, needle):
     src = tmp_path / "raw"
     shutil.copytree(episodes_raw, src)
-    (src / "meta.json").write_text(json.dumps(meta))
+    (src / "meta.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
     assert cli.main(["pack", str(src), str(tmp_path / "o.zarr"), "--no-progress"]) == 2
     one_line(capsys, "meta.json: " + needle)
     assert not (tmp_path / "o.zarr").exists()

@@ -113,7 +113,7 @@ def read_meta(f: Path, protocol: bool = False) -> dict:
         return {}
     regular_file(f)
     try:
-        meta = json.loads(f.read_text())
+        meta = json.loads(f.read_text(encoding="utf-8-sig"))  # a byte-order mark, as some editors write, is fine
     except (ValueError, UnicodeDecodeError) as e:
         raise JepaFastError(f"{f}: not valid JSON ({e})") from None
     keys = META_KEYS + (("protocol",) if protocol else ())
