@@ -163,7 +163,10 @@ def test_hdf5_meta_names_channels_and_targets_and_declares_flips(tmp_path, capsy
     meta = {"channel_names": ["r", "g", "b"], "target_names": ["x", "y"],
             "flips": {"ud": {"mirror_actions": [[1, 23.0]], "mirror": [[1, 23.0]]}}}
     (tmp_path / "eps.meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
     assert cli.main(["pack", str(tmp_path / "eps.hdf5"), str(tmp_path / "beside.zarr"), *flags]) == 0
+    assert f"smaller than the source frames; names and flip rules from {tmp_path / 'eps.meta.json'}" in (
+        capsys.readouterr().out)
     spec = StoreReader(tmp_path / "beside.zarr").spec()
     assert spec.channel_names == ("r", "g", "b") and spec.target_names == ("x", "y")
     assert spec.flips == {"ud": FlipRule((), ((1, 23.0),), ((1, 23.0),))}

@@ -181,8 +181,9 @@ def run_pack(args) -> None:
                         progress=not args.no_progress, channels=args.channels, keys=keys)
     for r in results:
         speed = f"{r['frames'] / r['seconds']:,.0f} frames/s" if r["seconds"] > 0 else "kept from before"
+        meta = f"; names and flip rules from {r['meta']}" if r.get("meta") else ""
         print(f"{r['store']}: {r['n']:,} episodes, {r['frames']:,} frames, {speed}, "
-              f"{r['bytes_in'] / max(r['bytes_out'], 1):.1f}x smaller than the source frames")
+              f"{r['bytes_in'] / max(r['bytes_out'], 1):.1f}x smaller than the source frames{meta}")
 
 
 def _add_pack(sub) -> None:

@@ -113,6 +113,10 @@ class Hdf5Source(EpisodeSource):
     def where(self) -> str:
         return f"{self.path}:{self._frames_key}"
 
+    @property
+    def meta_path(self) -> Path | None:
+        return self.meta_file if self.meta_file.exists() else None
+
     # layout -----------------------------------------------------------------------------------------
     def _episode_groups(self, path: Path, pattern: str | None) -> list:
         h5py = _h5py()

@@ -121,7 +121,8 @@ def _packed_from(dst: Path, source: EpisodeSource, options: dict) -> bool:
 def _summary(dst: Path, source: EpisodeSource, k: int, seconds: float) -> dict:
     C, H, W = source.frame_shape
     return {"store": str(dst), "n": source.episodes, "frames": source.frames, "seconds": seconds, "k": k,
-            "bytes_in": source.frames * C * H * W * source.dtype.itemsize, "bytes_out": store_nbytes(dst)}
+            "bytes_in": source.frames * C * H * W * source.dtype.itemsize, "bytes_out": store_nbytes(dst),
+            "meta": None if source.meta_path is None else str(source.meta_path)}
 
 
 def _pack_split_locked(source: EpisodeSource, dst: Path, cfg: PackConfig, L: int, k: int, options: dict,

@@ -166,6 +166,11 @@ class EpisodeSource:
         return str(self.path)
 
     @property
+    def meta_path(self) -> Path | None:
+        """The meta.json this source's names and flip rules came from, if one did."""
+        return None
+
+    @property
     def frames(self) -> int:
         return int(self.lengths.sum())
 
@@ -240,6 +245,11 @@ class NpySource(EpisodeSource):
     @property
     def where(self) -> str:
         return str(self.path / "states.npy")
+
+    @property
+    def meta_path(self) -> Path | None:
+        f = self.path / "meta.json"
+        return f if f.exists() else None
 
     def __del__(self) -> None:
         if getattr(self, "_fh", None) is not None:
