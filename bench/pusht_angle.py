@@ -2,7 +2,7 @@
 
     pip install -e '.[envs]'
     python -m bench.pusht_angle [--run runs/pusht ...] [--frames 4000] [--steps 1000]
-                                [--objective autoencoder --objective contrastive ...]
+                                [--objective autoencoder --objective contrastive --objective masked ...]
 
 PushT episodes start with the block at a random pose, so the first frames of N seeded resets are a labelled
 set of block poses. Three readings of the block angle (cos, sin) and position from a single frame, each as
@@ -19,7 +19,12 @@ error / chance (the variance of held-out targets; 1.0 = nothing read):
   ``--ssl-batch`` episodes (recorded with ``jepa_fast.envs.pusht``, ``--episodes`` of 24 frames) are
   projected (128 -> 256 -> 64, unit norm) and each frame's positives are the other frames of its episode,
   its negatives every other frame in the batch (InfoNCE at temperature ``--tau``): what stays the same
-  within an episode and differs between episodes is the block's pose (the agent moves).
+  within an episode and differs between episodes is the block's pose (the agent moves). ``masked``: masked
+  latent prediction, as I-JEPA does it: blocks of ``--mask-cells`` x ``--mask-cells`` cells of the encoder's
+  final grid (6x6 for 96x96 frames) are blanked in the input (two blocks per frame), and a small convolutional
+  predictor must produce, at the blanked cells, the features an EMA copy of the encoder computes from the whole
+  frame (layer-normalised per cell, MSE): filling in part of a T from the rest of it needs its orientation. Its
+  reading is the grid's 4x4 average pool, the features the encoder's final Linear would take.
 
 The prober is an MLP (256 hidden units) trained for ``--probe-steps`` steps on standardised features; the
 held-out frames are other seeds. The last line is one JSON object of the error / chance figures.
@@ -28,6 +33,7 @@ held-out frames are other seeds. The last line is one JSON object of the error /
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 from pathlib import Path
 
@@ -119,6 +125,56 @@ def autoencoder(widths: tuple[int, ...], x: torch.Tensor, size: int, steps: int,
     return enc.eval()
 
 
+def masked_latent(widths: tuple[int, ...], x: torch.Tensor, steps: int, seed: int, cells: int = 2,
+                  blocks: int = 2, momentum: float = 0.99, losses: list | None = None) -> nn.Module:
+    """The encoder architecture's convolutions trained by masked latent prediction on standardised frames x
+    (N, 3, H, W): ``blocks`` random blocks of cells x cells grid cells are blanked (set to 0, the mean) in the
+    input, and a predictor (3x3 convolutions on the context grid and the mask) regresses, at those cells, the
+    layer-normalised grid features of an EMA copy of the convolutions on the whole frame. Returns the frozen
+    convolutions followed by the 4x4 average pool, flattened (N, widths[-1] x 16); ``losses``, if given, gets
+    each step's loss."""
+    torch.manual_seed(seed)
+    convs = ConvBranch(widths, 1, in_ch=3).convs
+    target = copy.deepcopy(convs).requires_grad_(False)
+    ch = widths[-1]
+    predictor = nn.Sequential(nn.Conv2d(ch + 1, 128, 3, padding=1), nn.GELU(), nn.Conv2d(128, 128, 3, padding=1),
+                              nn.GELU(), nn.Conv2d(128, ch, 1))
+    gh, gw = target(x[:1]).shape[-2:]
+    if cells > min(gh, gw):
+        raise ValueError(f"mask blocks of {cells} cells do not fit the encoder's {gh}x{gw} grid")
+    up_h, up_w = -(-x.shape[-2] // gh), -(-x.shape[-1] // gw)  # input pixels per grid cell (ceil)
+
+    def loss() -> torch.Tensor:
+        b = x[torch.randint(0, len(x), (64,))]
+        with torch.no_grad():
+            want = nn.functional.layer_norm(target(b).permute(0, 2, 3, 1), (ch,))  # (B, gh, gw, ch)
+        mask = torch.zeros(len(b), gh, gw, dtype=torch.bool)
+        rows = torch.randint(0, gh - cells + 1, (blocks, len(b)))
+        cols = torch.randint(0, gw - cells + 1, (blocks, len(b)))
+        for k in range(blocks):
+            for i in range(len(b)):
+                mask[i, rows[k, i]:rows[k, i] + cells, cols[k, i]:cols[k, i] + cells] = True
+        pixels = mask.repeat_interleave(up_h, 1).repeat_interleave(up_w, 2)[:, None, :b.shape[-2], :b.shape[-1]]
+        context = convs(b.masked_fill(pixels, 0.0))
+        got = predictor(torch.cat([context, mask[:, None].float()], 1)).permute(0, 2, 3, 1)
+        return (got - want)[mask].pow(2).mean()
+
+    opt = torch.optim.AdamW([*convs.parameters(), *predictor.parameters()], 1e-3, weight_decay=0.05)
+    for _ in range(steps):
+        value = loss()
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        if losses is not None:
+            losses.append(value.item())
+        with torch.no_grad():
+            for t, o in zip(target.parameters(), convs.parameters()):
+                t.lerp_(o, 1.0 - momentum)
+            for t, o in zip(target.buffers(), convs.buffers()):
+                t.copy_(o)
+    return nn.Sequential(convs, nn.AdaptiveAvgPool2d(4), nn.Flatten(1)).eval()
+
+
 def multi_positive_nce(z: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
     """InfoNCE with several positives: z (N, d) unit vectors, labels (N,); each row's positives are the other
     rows with its label, everything else its negatives; the mean over positives of -log softmax."""
@@ -162,7 +218,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=4000, help="labelled first frames to fit on (held out: 500)")
     ap.add_argument("--steps", type=int, default=1000, help="supervised steps of batch 64")
     ap.add_argument("--probe-steps", type=int, default=3000)
-    ap.add_argument("--objective", action="append", default=[], choices=("autoencoder", "contrastive"),
+    ap.add_argument("--objective", action="append", default=[], choices=("autoencoder", "contrastive", "masked"),
                     help="train the architecture with this self-supervised objective and read it (repeatable)")
     ap.add_argument("--ssl-steps", type=int, default=1000, help="steps of each --objective")
     ap.add_argument("--ae-size", type=int, default=48, help="autoencoder: reconstruction size in pixels")
@@ -170,6 +226,8 @@ def main() -> None:
     ap.add_argument("--ssl-batch", type=int, default=128, help="contrastive: episodes per step")
     ap.add_argument("--per-episode", type=int, default=2, help="contrastive: frames of each episode per step")
     ap.add_argument("--tau", type=float, default=0.1, help="contrastive: InfoNCE temperature")
+    ap.add_argument("--mask-cells", type=int, default=2, help="masked: side of each blanked block, in grid cells "
+                    "(the 96x96 frame's grid is 6x6, 16 pixels a cell)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not 2 <= args.per_episode <= 24:
@@ -178,6 +236,8 @@ def main() -> None:
         ap.error(f"--ssl-batch {args.ssl_batch}: need 2 to --episodes ({args.episodes}) episodes per step")
     if min(args.frames, args.steps, args.probe_steps, args.ssl_steps, args.ae_size) < 1 or args.tau <= 0:
         ap.error("--frames, --steps, --probe-steps, --ssl-steps and --ae-size must be >= 1, --tau > 0")
+    if not 1 <= args.mask_cells <= 6:
+        ap.error(f"--mask-cells {args.mask_cells}: the 96x96 frame's grid is 6x6 cells; use 1-6")
     from jepa_fast.config import ModelConfig
     from jepa_fast.probe import load_checkpoint_model
 
@@ -212,6 +272,10 @@ def main() -> None:
         if objective == "autoencoder":
             enc = autoencoder(widths, standardise(x), args.ae_size, args.ssl_steps, args.seed)
             name = f"autoencoder {args.ae_size}x{args.ae_size} ({args.ssl_steps} steps)"
+        elif objective == "masked":
+            enc = masked_latent(widths, standardise(x), args.ssl_steps, args.seed, cells=args.mask_cells)
+            name = (f"masked latent prediction, blocks of {args.mask_cells}x{args.mask_cells} cells "
+                    f"({args.ssl_steps} steps)")
         else:
             episodes = recorded_episodes(args.episodes, 500_000 + args.seed)
             enc = contrastive(widths, episodes, standardise, args.ssl_batch, args.per_episode, args.tau,
