@@ -123,10 +123,8 @@ class DataSpec:
 
 def flips_from_json(d, action_size: int, n_targets: int, where: str) -> dict[str, FlipRule]:
     """Flip rules from their JSON form ({"lr": {"negate": [0], "mirror_actions": [[1, 512.0]], "mirror": [[0, 95.0]]},
-    "ud": ...}), checked against the action size and the number of target components; ``where`` names the file in
-    errors."""
-    import math
-
+    "ud": ...}), checked against the action size and the number of target components (``check_flips``); ``where``
+    names the file in errors."""
     from jepa_fast.errors import JepaFastError
 
     hint = ('expected {"lr": {"negate": [action components], "mirror_actions": [[action component, c], ...], '
@@ -138,9 +136,21 @@ def flips_from_json(d, action_size: int, n_targets: int, where: str) -> dict[str
         if not isinstance(rule, dict) or not set(rule) <= {"negate", "mirror", "mirror_actions"}:
             raise JepaFastError(f"{where}: flips.{name}: {hint}")
         try:
-            r = FlipRule.from_json(rule)
+            out[name] = FlipRule.from_json(rule)
         except (TypeError, ValueError):
             raise JepaFastError(f"{where}: flips.{name}: {hint}") from None
+    check_flips(out, action_size, n_targets, where)
+    return out
+
+
+def check_flips(flips: dict[str, FlipRule], action_size: int, n_targets: int, where: str) -> None:
+    """Refuse, in one line naming ``where``, flip rules that do not fit data of ``action_size``-d actions and
+    ``n_targets`` target components: components out of range or named twice, centres that are not finite."""
+    import math
+
+    from jepa_fast.errors import JepaFastError
+
+    for name, r in flips.items():
         for key, pairs in (("mirror", r.mirror), ("mirror_actions", r.mirror_actions)):
             if not all(math.isfinite(c) for _, c in pairs):
                 raise JepaFastError(f"{where}: flips.{name}.{key}: every c must be a finite number")
@@ -159,8 +169,6 @@ def flips_from_json(d, action_size: int, n_targets: int, where: str) -> dict[str
             raise JepaFastError(f"{where}: flips.{name}.mirror: target components are 0..{n_targets - 1}")
         if len(set(targets)) != len(targets):
             raise JepaFastError(f"{where}: flips.{name}.mirror: a target component is named twice")
-        out[name] = r
-    return out
 
 
 def two_rooms_flips(size: int) -> dict[str, FlipRule]:

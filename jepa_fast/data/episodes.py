@@ -32,7 +32,7 @@ from jepa_fast.data.schema import ChunkCodec
 from jepa_fast.data.shard import ScaleOverflow
 from jepa_fast.data.writer import StoreBuilder
 from jepa_fast.errors import JepaFastError
-from jepa_fast.spec import FlipRule, flips_from_json, flips_to_json
+from jepa_fast.spec import FlipRule, check_flips, flips_to_json
 
 PROGRESS = "writer_progress.json"
 
@@ -55,8 +55,8 @@ class EpisodeWriter:
         scale = np.ones(C) if value_max is None else np.asarray(value_max, np.float64) / 255.0
         if len(scale) != C or not (scale > 0).all():
             raise JepaFastError(f"{self.dst}: value_max {value_max}: need {C} positive numbers (one per channel)")
-        self._flips = flips_to_json(flips_from_json(flips_to_json(flips or {}), action_size, len(target_names),
-                                                    f"{self.dst}: EpisodeWriter"))
+        check_flips(flips or {}, action_size, len(target_names), f"{self.dst}: EpisodeWriter")
+        self._flips = flips_to_json(flips or {})
         self._channels = tuple(channel_names or (f"c{c}" for c in range(C)))
         self._source = source
         self.options = {"frame_shape": list(frame_shape), "action_size": action_size, "targets": list(target_names),

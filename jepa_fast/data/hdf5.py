@@ -254,6 +254,6 @@ class Hdf5Source(EpisodeSource):
         return {**out, "keys": [self._frames_key, self._actions_key, *self._target_keys]}
 
     def attrs(self) -> dict:
-        meta = {"meta": str(self.meta_file.resolve())} if self.meta_file.exists() else {}
+        meta = {"meta": str(self.meta_path.resolve())} if self.meta_path else {}
         return {"source": {"path": str(self.path.resolve()), "kind": "hdf5", "frames": self._frames_key,
                            "actions": self._actions_key, "targets": self._target_keys, **meta}}
